@@ -1,0 +1,95 @@
+"""The interface every model answers (RecBole-style), and the registry of models by CLI name.
+
+A model is built from its config dataclass and the DataBundle, then the one training loop calls:
+    loss(batch)                         -> scalar tensor, for a training Batch
+    scores(batch, domain, candidates)   -> (B, C) scores of the given global item ids, or
+                                           (B, n_domain_items) for every item of ``domain`` when
+                                           ``candidates`` is None (domain-local order)
+    fit(bundle)                         -> closed-form fitting (Pop, ItemKNN); gradient models skip it
+Higher scores mean "more likely next".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from llmemf.data.batching import Batch, DataBundle
+
+
+class Recommender(nn.Module):
+    Config: ClassVar[type]  # the model's config dataclass
+    trainable: ClassVar[bool] = True  # False: fit() is all the training it needs
+    reference: ClassVar[str] = ""  # paper reference, for `llmemf models`
+    summary: ClassVar[str] = ""  # one line
+
+    def __init__(self, config: Any, bundle: DataBundle):
+        super().__init__()
+        self.config = config
+        self.n_items = bundle.n_items
+        self.pad_id = bundle.pad_id
+        self.domain_ranges = [bundle.domain_range(0), bundle.domain_range(1)]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, bundle: DataBundle) -> None:
+        """Closed-form models compute their statistics here; called once before training."""
+
+
+# name -> "module:Class" (imported lazily so that `llmemf models` stays fast)
+REGISTRY: dict[str, str] = {
+    "pop": "llmemf.models.pop:Pop",
+    "itemknn": "llmemf.models.itemknn:ItemKNN",
+    "bprmf": "llmemf.models.bprmf:BPRMF",
+    "ncf_mlp": "llmemf.models.ncf_mlp:NCFMLP",
+    "gru4rec": "llmemf.models.gru4rec:GRU4Rec",
+    "sasrec": "llmemf.models.sasrec:SASRec",
+    "srgnn": "llmemf.models.srgnn:SRGNN",
+    "pinet": "llmemf.models.pinet:PiNet",
+    "psjnet": "llmemf.models.psjnet:PSJNet",
+    "c2dsr": "llmemf.models.c2dsr:C2DSR",
+    "tricdr": "llmemf.models.tricdr:TriCDR",
+    "mifn": "llmemf.models.mifn:MIFN",
+    "llmemf": "llmemf.models.llmemf:LLMEMF",
+}
+
+
+def model_class(name: str) -> type[Recommender]:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise KeyError(f"model {name!r} is registered but not implemented yet ({module})") from e
+        raise
+
+
+def available_models() -> list[str]:
+    """Registered names whose module exists."""
+    out = []
+    for name in REGISTRY:
+        try:
+            model_class(name)
+        except KeyError:
+            continue
+        out.append(name)
+    return out
+
+
+def build_model(name: str, params: dict[str, Any], bundle: DataBundle) -> Recommender:
+    cls = model_class(name)
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"model {name}: unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls(cls.Config(**params), bundle)

@@ -1,0 +1,116 @@
+"""Pieces several models share: the causal self-attention encoder, domain-restricted softmax loss,
+and scoring of candidate items."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, dropout: float, mult: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(mult * d, d), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d % n_heads == 0, f"width {d} must divide into {n_heads} heads"
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, L, d)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, n_heads, dropout)
+        self.ffn = FeedForward(d, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
+        return x + self.ffn(self.ln2(x))
+
+
+class SequenceEncoder(nn.Module):
+    """Causal self-attention over a left-padded sequence of item vectors (SASRec's encoder).
+
+    Input (B, L, d) vectors and (B, L) validity; output (B, L, d), where position t has seen only
+    positions <= t. Positions are counted from the right (0 = most recent) to match left padding.
+    """
+
+    def __init__(self, d: int, max_len: int, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2):
+        super().__init__()
+        self.pos = nn.Embedding(max_len, d)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([Block(d, n_heads, dropout) for _ in range(n_blocks)])
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        pos = torch.arange(L - 1, -1, -1, device=x.device)  # (L,) distance from the right end
+        x = self.drop(x + self.pos(pos)[None]) * valid[..., None]
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        # A query may look at itself even when it is padding: no all-masked row, so no NaN.
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=x.device)[None]
+        mask = mask[:, None]  # (B, 1, L, L), broadcast over heads
+        for block in self.blocks:
+            x = block(x, mask) * valid[..., None]
+        return self.ln_f(x)
+
+
+LogitFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def domain_cross_entropy(
+    logit_fn: LogitFn,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    domain_ranges: list[tuple[int, int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, int]:
+    """Summed softmax cross-entropy where each target is scored over its own domain's items only.
+
+    hidden (..., d) states, targets (...) global ids (pad_id = no target). ``logit_fn(h, lo, hi)``
+    returns (n, hi - lo) logits of items lo..hi-1. Returns (sum of losses, number of targets).
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    total = h.new_zeros(())
+    count = 0
+    for lo, hi in domain_ranges:
+        sel = (t >= lo) & (t < hi) & (t != pad_id)
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        logits = logit_fn(h[sel], lo, hi)  # (n, hi - lo)
+        total = total + F.cross_entropy(logits.float(), t[sel] - lo, reduction="sum")
+        count += n
+    return total, count
+
+
+def score_candidates(user: torch.Tensor, table: torch.Tensor, lo: int, hi: int, candidates: torch.Tensor | None) -> torch.Tensor:
+    """Dot-product scores. user (B, d); table (n_items(+1), d); candidates (B, C) global ids or None
+    for every item lo..hi-1. Returns (B, C) or (B, hi - lo)."""
+    if candidates is None:
+        return user @ table[lo:hi].T
+    return torch.einsum("bd,bcd->bc", user, table[candidates])
