@@ -62,7 +62,10 @@ def prepare_synthetic(
     """Generate the embedded two-domain shop (items, titles, descriptions, PNG images, users)."""
     from llmemf.data.synthetic import SyntheticConfig, generate_synthetic
 
-    cfg = SyntheticConfig.from_overrides(overrides or [])
+    try:
+        cfg = SyntheticConfig.from_overrides(overrides or [])
+    except ValueError as e:
+        _fail(str(e))
     ds = generate_synthetic(cfg, out)
     _summarise_dataset(ds, out)
 
@@ -177,7 +180,7 @@ def _register_optional_commands() -> None:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != module:
+            if e.name not in (module, module.rpartition(".")[0]):  # the stage (or its package) is not installed
                 raise
             continue
         mod.register(app)
