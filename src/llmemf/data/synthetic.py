@@ -98,8 +98,8 @@ class SyntheticConfigError(ValueError):
 class SyntheticConfig:
     seed: int = 0  # everything (items, users, images) follows from this
     n_users: int = 2000  # users in total, split into train / valid / test users
-    n_items_x: int = 600  # Apparel items (domain X)
-    n_items_y: int = 600  # Home items (domain Y)
+    n_items_x: int = 500  # Apparel items (domain X)
+    n_items_y: int = 500  # Home items (domain Y)
     eval_fraction: float = 0.15  # fraction of users for validation, and again for test
     min_len: int = 5  # interactions per user (the target included), drawn uniformly in [min_len, max_len]
     max_len: int = 15  # the C2DSR cap: a sequence holds at most this many interactions
@@ -109,13 +109,13 @@ class SyntheticConfig:
     image_size: int = 64  # PNG side in pixels
     popularity_sigma: float = 1.0  # spread of the lognormal item popularity (long tail)
     # Strengths of each hidden taste in the choice logit (a match adds the weight):
-    w_style: float = 1.5  # in text and image
-    w_colour: float = 1.5  # image only
-    w_pattern: float = 1.0  # image only
-    w_brand: float = 1.3  # text only (title)
-    w_material: float = 1.0  # text only (title)
-    w_price: float = 0.8  # text only (description)
-    w_sequence: float = 1.5  # follow-up category of the previous item (the sequential signal)
+    w_style: float = 2.5  # in text and image
+    w_colour: float = 2.5  # image only
+    w_pattern: float = 2.0  # image only
+    w_brand: float = 2.5  # text only (title)
+    w_material: float = 2.0  # text only (title)
+    w_price: float = 1.5  # text only (description)
+    w_sequence: float = 2.5  # follow-up category of the previous item (the sequential signal)
 
     @classmethod
     def from_overrides(cls, overrides: list[str]) -> SyntheticConfig:
