@@ -66,8 +66,9 @@ def make_image_dataset(root: Path, n_x: int = 30, n_y: int = 40, seed: int = 0) 
         rel = f"images/{i}.png"
         draw_item(colour, shape, rng).save(root / rel)
         paths.append(rel)
-    (root / "images/5.png").unlink()  # missing file
-    (root / "images/6.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")  # corrupt file
+    if ds.n_items > 6:
+        (root / "images/5.png").unlink()  # missing file
+        (root / "images/6.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")  # corrupt file
     ds.items["title"], ds.items["description"], ds.items["image"] = titles, descs, paths
     ds.save(root)
     return Dataset.load(root)

@@ -149,9 +149,14 @@ def _weights_files_sha(model: str, pretrained: str) -> str:
     return pretrained
 
 
-def _pick_bf16(cfg: EmbedConfig, fn, log, what: str) -> tuple[bool, dict]:
+MIN_ROWS_TO_TIME_BF16 = 2048  # below this, timing both precisions costs more than it can save: fp32
+
+
+def _pick_bf16(cfg: EmbedConfig, fn, log, what: str, n_rows: int) -> tuple[bool, dict]:
     if cfg.bf16 in ("on", "off"):
         return cfg.bf16 == "on", {"bf16": cfg.bf16 == "on", "bf16_choice": cfg.bf16}
+    if n_rows < MIN_ROWS_TO_TIME_BF16:
+        return False, {"bf16": False, "bf16_choice": f"auto: fp32 (fewer than {MIN_ROWS_TO_TIME_BF16} rows, not timed)"}
     use, t32, t16 = faster_in_bf16(fn)
     log(f"  {what}: one batch takes {t32 * 1e3:.0f} ms in fp32, {t16 * 1e3:.0f} ms in bf16 autocast -> {'bf16' if use else 'fp32'}")
     return use, {"bf16": use, "bf16_choice": "auto", "batch_ms_fp32": round(t32 * 1e3, 1), "batch_ms_bf16": round(t16 * 1e3, 1)}
@@ -163,8 +168,8 @@ def _encode_texts(enc, texts: list[str | None], cfg: EmbedConfig, log, timings: 
     if not present:
         return np.zeros((len(texts), enc.dim), np.float32), mask, {}
     bs = cfg.batch_size * 4  # text forward passes are cheap per row
-    probe = present[: min(len(present), bs)]
-    use_bf16, notes = _pick_bf16(cfg, lambda b: enc.encode_texts(probe, batch_size=bs, bf16=b), log, "text encoder")
+    probe = present[: min(len(present), 64)]
+    use_bf16, notes = _pick_bf16(cfg, lambda b: enc.encode_texts(probe, batch_size=bs, bf16=b), log, "text encoder", len(present))
     t0 = time.perf_counter()
     emb, extra = enc.encode_texts(present, batch_size=bs, bf16=use_bf16)
     timings["forward_text"] = timings.get("forward_text", 0.0) + time.perf_counter() - t0
@@ -283,7 +288,8 @@ def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, wri
     use_bf16 = False
     if first is not None:
         probe, _ = load_images([first] * min(cfg.batch_size, 16), clip.image_size, cfg.io_threads)
-        use_bf16, notes = _pick_bf16(cfg, lambda b: clip.encode_images(torch.from_numpy(probe), bf16=b), log, "image encoder")
+        n_imgs = sum(p is not None for p in paths)
+        use_bf16, notes = _pick_bf16(cfg, lambda b: clip.encode_images(torch.from_numpy(probe), bf16=b), log, "image encoder", n_imgs)
     values, ok = _encode_images_batched(paths, clip.image_size, lambda x: clip.encode_images(x, bf16=use_bf16), cfg, clip.dim, res.timings, "img")
     n_corrupt = int(sum(p is not None for p in paths) - ok.sum())
     notes.update({"missing_images": n_no_image, "corrupt_images": n_corrupt, "image_size": clip.image_size})

@@ -246,7 +246,8 @@ class SentenceEncoder:
         self.path = path or default_text_model_path()
         self.model = SentenceTransformer(self.path, device="cpu")
         self.model.eval()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         self.max_seq_length = int(self.model.max_seq_length)
         base = Path(self.path).name if Path(self.path).name != "model" else Path(self.path).parent.name
         self.name = f"sentence-transformers:{'all-MiniLM-L6-v2' if 'minilm' in self.path.lower() else base}"
@@ -269,13 +270,15 @@ class SentenceEncoder:
 
 @dataclass
 class LitConfig:
-    image_size: int = 64  # images are CLIP-preprocessed at this size (small: it must train in < 1 min on 2 cores)
-    width: int = 32  # channels of the first conv stage (doubled at each of the 4 stages)
-    epochs: int = 15  # passes over the dataset's image-title pairs
+    image_size: int = 32  # images are CLIP-preprocessed at this size (small: it must train in < 1 min on 2 cores)
+    width: int = 16  # channels of the first conv stage (doubled at each of the 4 stages)
+    epochs: int = 8  # passes over the dataset's image-title pairs
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05  # fixed InfoNCE temperature (a learned one is unstable this small)
+    ssl_weight: float = 0.5  # weight of an image-image InfoNCE term between two crops of the same image (SLIP-style):
+    # titles never name what only the picture shows (colour, pattern); this term keeps it in the features
     val_fraction: float = 0.1  # items held out to measure image->title retrieval
     seed: int = 0
     threads: int = 0
@@ -305,6 +308,16 @@ def _retrieval_at(img: torch.Tensor, txt: torch.Tensor, ks=(1, 10)) -> dict[str,
     return {f"r@{k}": float((rank < k).float().mean()) for k in ks}
 
 
+def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 3) -> torch.Tensor:
+    """Random shift (pad + crop) and horizontal flip; no colour jitter: colour is what we must keep."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
+    out = xp[:, :, dy : dy + h, dx : dx + w]
+    flip = torch.rand(b, generator=g) < 0.5  # a product photo mirrored is the same product
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
 def train_lit(images: np.ndarray, text_emb: np.ndarray, cfg: LitConfig, log: Callable[[str], None] = print) -> tuple[TinyImageEncoder, dict]:
     """Fit the image tower to the locked text embeddings of the same items (symmetric InfoNCE)."""
     if cfg.threads:
@@ -330,17 +343,22 @@ def train_lit(images: np.ndarray, text_emb: np.ndarray, cfg: LitConfig, log: Cal
             idx = order[s : s + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            xb = x[idx]
-            flip = torch.rand(len(idx), generator=g) < 0.5  # horizontal flips: a product photo mirrored is the same product
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            logits = model(xb) @ t[idx].T / cfg.temperature  # (b, b)
             target = torch.arange(len(idx))
+            if cfg.ssl_weight > 0:
+                z = model(torch.cat([_augment(x[idx], g), _augment(x[idx], g)]))  # (2b, d): two views
+                z1, z2 = z[: len(idx)], z[len(idx) :]
+            else:
+                z1 = z2 = model(_augment(x[idx], g))
+            logits = z1 @ t[idx].T / cfg.temperature  # (b, b) image -> title
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            if cfg.ssl_weight > 0:
+                v = z1 @ z2.T / cfg.temperature  # (b, b) view -> view
+                loss = loss + cfg.ssl_weight * (F.cross_entropy(v, target) + F.cross_entropy(v.T, target)) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if epoch == cfg.epochs - 1 or epoch % 5 == 0:
             log(f"  lit epoch {epoch + 1}/{cfg.epochs}: loss {total / max(len(tr), 1):.3f} ({time.perf_counter() - t0:.1f}s)")
     model.eval()

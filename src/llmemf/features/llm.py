@@ -261,7 +261,7 @@ class EnrichResult:
     model: str
     n_selected: int  # items this run was asked to enrich
     n_cached: int  # of those, already in the cache (no call made)
-    n_generated: int  # generated now
+    n_generated: int  # generated now (one per distinct prompt: items with the same prompt share it)
     n_failed: int  # failed now (recorded; retried next run)
     n_with_text: int  # items of the dataset whose llm_text is set after the run
     calls: int  # generation requests made (0 on a complete re-run)
@@ -392,9 +392,14 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
     cache = GenerationCache(cfg.cache or Path(dataset_root) / "llm_cache.sqlite")
     try:
         cached = cache.get_many(list(keys.values()))
-        jobs = [(i, keys[i], prompts[i]) for i in prompts if keys[i] not in cached]
+        jobs, queued = [], set()
+        for i in prompts:  # items with identical prompts share one generation
+            if keys[i] not in cached and keys[i] not in queued:
+                jobs.append((i, keys[i], prompts[i]))
+                queued.add(keys[i])
         stats = {"generated": 0, "tokens": 0, "calls": 0, "failures": []}
-        log(f"enrich: {len(prompts)} items selected, {len(prompts) - len(jobs)} cached, {len(jobs)} to generate with {backend_name}:{model_id}")
+        n_cached = sum(keys[i] in cached for i in prompts)
+        log(f"enrich: {len(prompts)} items selected, {n_cached} cached, {len(jobs)} distinct prompts to generate with {backend_name}:{model_id}")
         if jobs:
             backend = make_backend(cfg)
             with _progress(len(jobs), cfg.progress, "enrich") as bar:
@@ -422,7 +427,7 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
         backend=backend_name,
         model=model_id,
         n_selected=len(prompts),
-        n_cached=len(prompts) - len(jobs),
+        n_cached=n_cached,
         n_generated=stats["generated"],
         n_failed=len(stats["failures"]),
         n_with_text=n_with,
