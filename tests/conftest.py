@@ -8,6 +8,7 @@ import pytest
 
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
+from llmemf.features.store import Feature, FeatureManifest, save_feature
 
 
 def make_tiny_dataset(n_x: int = 30, n_y: int = 40, n_users: int = 80, seed: int = 0, min_len: int = 6, max_len: int = 12) -> Dataset:
@@ -34,13 +35,30 @@ def make_tiny_dataset(n_x: int = 30, n_y: int = 40, n_users: int = 80, seed: int
     return Dataset(manifest=manifest, items=items, splits={k: pd.DataFrame(v) for k, v in rows.items()})
 
 
+def write_tiny_features(ds: Dataset, seed: int = 0) -> None:
+    """Random frozen features `img` (16-d), `txt_title` and `txt_llm` (12-d), a few rows missing."""
+    rng = np.random.default_rng(seed)
+    n = ds.n_items
+    for name, dim in (("img", 16), ("txt_title", 12), ("txt_llm", 12)):
+        mask = rng.random(n) > 0.1
+        manifest = FeatureManifest(name=name, encoder="random-test", weights="none", dim=dim, n_items=n, dtype="float32")
+        save_feature(ds.root, Feature(manifest, rng.normal(size=(n, dim)).astype(np.float32), mask))
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Dataset:
     ds = make_tiny_dataset()
     ds.save(tmp_path / "tiny")
+    write_tiny_features(ds)
     return Dataset.load(tmp_path / "tiny")
 
 
 @pytest.fixture
 def tiny_bundle(tiny_dataset) -> DataBundle:
     return DataBundle(tiny_dataset, max_len=10)
+
+
+@pytest.fixture
+def make_tiny():
+    """The dataset factory itself, for tests that vary its arguments."""
+    return make_tiny_dataset

@@ -114,3 +114,80 @@ def score_candidates(user: torch.Tensor, table: torch.Tensor, lo: int, hi: int, 
     if candidates is None:
         return user @ table[lo:hi].T
     return torch.einsum("bd,bcd->bc", user, table[candidates])
+
+
+class StackedLinear(nn.Module):
+    """S independent linear maps applied to S stacked inputs in one batched matmul."""
+
+    def __init__(self, n_stack: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_stack, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(n_stack, 1, d_out))
+        bound = d_in**-0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        S, B, L, d = x.shape
+        return (torch.baddbmm(self.bias, x.reshape(S, B * L, d), self.weight)).view(S, B, L, -1)
+
+
+class StackedLayerNorm(nn.Module):
+    def __init__(self, n_stack: int, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_stack, 1, 1, d))
+        self.bias = nn.Parameter(torch.zeros(n_stack, 1, 1, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class StackedBlock(nn.Module):
+    """S pre-norm transformer blocks with separate weights, run as one batched computation."""
+
+    def __init__(self, n_stack: int, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d % n_heads == 0, f"width {d} must divide into {n_heads} heads"
+        self.n_heads, self.dropout = n_heads, dropout
+        self.ln1, self.ln2 = StackedLayerNorm(n_stack, d), StackedLayerNorm(n_stack, d)
+        self.qkv = StackedLinear(n_stack, d, 3 * d)
+        self.proj = StackedLinear(n_stack, d, d)
+        self.ff1, self.ff2 = StackedLinear(n_stack, d, d), StackedLinear(n_stack, d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        S, B, L, d = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)  # (S, B, L, d) each
+        q, k, v = (t.reshape(S * B, L, H, d // H).transpose(1, 2) for t in (q, k, v))  # (S*B, H, L, dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(S, B, L, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
+
+
+class StackedSequenceEncoder(nn.Module):
+    """S causal self-attention encoders (same width, separate weights) over S sequences of one width.
+
+    Equivalent to S SequenceEncoders, but each layer is one batched matmul over the stack, which
+    is what makes LLM-EMF's nine encoders cheap: one stacked call per modality serves X, Y and XY.
+    Input (S, B, L, d) vectors and (S, B, L) validity -> (S, B, L, d).
+    """
+
+    def __init__(self, n_stack: int, d: int, max_len: int, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(n_stack, max_len, d) * 0.02)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([StackedBlock(n_stack, d, n_heads, dropout) for _ in range(n_blocks)])
+        self.ln_f = StackedLayerNorm(n_stack, d)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        S, B, L, d = x.shape
+        pos = self.pos[:, :L].flip(1)  # (S, L, d): last column gets position 0
+        keep = valid[..., None].to(x.dtype)
+        x = self.drop(x + pos[:, None]) * keep
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        mask = (causal & valid.reshape(S * B, 1, L)) | torch.eye(L, dtype=torch.bool, device=x.device)
+        mask = mask[:, None]  # (S*B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask) * keep
+        return self.ln_f(x)

@@ -106,7 +106,7 @@ class MetricsLog:
         """On resume, drop log lines of epochs the checkpoint does not include."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
         atomic_write_bytes(self.path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
 

@@ -1,0 +1,212 @@
+"""LLM-EMF: LLM-Enhanced Multimodal Fusion for cross-domain sequential recommendation.
+
+Reconstructed from the paper as written out in shared/spec/METHOD.md:
+
+  items      E_id (learned, d_id) | E_img (frozen CLIP image, any width) | E_txt (frozen text, any width)
+  sequences  X (domain-0 items), Y (domain-1 items), XY (merged), each left-padded
+  encoders   A_{s,m} for s in {X, Y, XY}, m in {id, img, txt}: nine causal self-attention encoders;
+             h_{s,m} = output at the last position, width = the modality's width
+  scores     c_{s,m}(i) = cos(h_{s,m}, E_m[i]) / tau
+             z_s(i) = c_{s,id}(i) + alpha c_{s,img}(i) + beta c_{s,txt}(i)            (fusion: logits)
+             p_s = renorm(softmax c_{s,id} + alpha softmax c_{s,img} + beta softmax c_{s,txt}) (fusion: probabilities)
+  training   L = L_XY + lambda_X L_X + lambda_Y L_Y, next-item prediction at every position, each target
+             scored by a softmax over its own domain
+  predict    target domain T, source S:  z_T + gamma_S z_S + gamma_XY z_XY over T's items
+
+Implementation notes (why it is fast): the three encoders of one modality run as one stacked
+encoder (batched matmuls over X, Y, XY); with logit fusion, the fused score of all modalities is a
+single dot product of concatenated, normalised, weighted vectors, so each (sequence, domain) pair
+costs one matmul with the frozen part kept out of the weight gradient. Items lacking a feature use
+a learned per-modality "missing" vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmemf.data.batching import Batch, DataBundle
+from llmemf.features.store import load_feature
+from llmemf.models.base import Recommender
+from llmemf.models.layers import StackedSequenceEncoder
+
+MODALITIES = ("id", "img", "txt")
+SEQUENCES = ("x", "y", "xy")
+
+
+@dataclass
+class LLMEMFConfig:
+    d_id: int = 256  # width of the learned ID embedding (and the id encoders)
+    modalities: list[str] = field(default_factory=lambda: ["id", "img", "txt"])  # any subset containing "id"
+    img_feature: str = "img"  # feature file name for the image modality (DATASET/features/<name>.npy)
+    txt_feature: str = "txt_llm"  # "txt_title" = textual fusion, "txt_llm" = title + LLM text (LLM-enhanced)
+    n_blocks: int = 2  # self-attention blocks per encoder
+    n_heads: int = 1
+    dropout: float = 0.3
+    tau: float = 0.1  # cosine temperature
+    alpha: float = 0.3  # weight of the image scores
+    beta: float = 0.1  # weight of the text scores
+    fusion: str = "logits"  # "logits" (sum of scaled cosines) | "probabilities" (mixture of softmaxes)
+    lambda_x: float = 1.0  # weight of L_X
+    lambda_y: float = 1.0  # weight of L_Y
+    gamma_s: float = 0.3  # weight of the source-domain sequence at prediction time
+    gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
+    feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
+    train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
+
+
+class LLMEMF(Recommender):
+    Config = LLMEMFConfig
+    reference = "LLM-EMF: LLM-Enhanced Multimodal Fusion for Cross-Domain Sequential Recommendation (2025)"
+    summary = "nine attention encoders (X, Y, XY x id, image, text); fused cosine scores; LLM-enriched CLIP text"
+
+    def __init__(self, config: LLMEMFConfig, bundle: DataBundle):
+        super().__init__(config, bundle)
+        if "id" not in config.modalities or not set(config.modalities) <= set(MODALITIES):
+            raise ValueError(f"modalities must include 'id' and be a subset of {MODALITIES}, got {config.modalities}")
+        if config.fusion not in ("logits", "probabilities"):
+            raise ValueError(f"fusion must be 'logits' or 'probabilities', got {config.fusion!r}")
+        self.modalities = [m for m in MODALITIES if m in config.modalities]
+        self.weights = {"id": 1.0, "img": config.alpha, "txt": config.beta}
+        n = self.n_items
+        self.item_id = nn.Embedding(n + 1, config.d_id, padding_idx=self.pad_id)
+        nn.init.normal_(self.item_id.weight, std=config.d_id**-0.5)
+        widths = {"id": config.d_id}
+        self.feature_info: dict[str, str] = {}
+        self.missing = nn.ParameterDict()
+        root = bundle.dataset.root
+        for m, name in (("img", config.img_feature), ("txt", config.txt_feature)):
+            if m not in self.modalities:
+                continue
+            if root is None:
+                raise ValueError("LLM-EMF with image/text features needs a dataset loaded from a directory")
+            feat = load_feature(root, name, n_items=n)
+            dtype = getattr(torch, config.feature_dtype)
+            values = torch.zeros(n + 1, feat.manifest.dim, dtype=dtype)
+            values[:n] = F.normalize(torch.from_numpy(feat.values.astype("float32")), dim=-1).to(dtype)
+            mask = torch.zeros(n + 1, dtype=torch.bool)
+            mask[:n] = torch.from_numpy(feat.mask)
+            self.register_buffer(f"{m}_table", values, persistent=False)  # (N+1, d_m) unit rows, frozen
+            self.register_buffer(f"{m}_mask", mask, persistent=False)  # (N+1,) has the feature
+            self.missing[m] = nn.Parameter(torch.randn(feat.manifest.dim) * 0.02)
+            widths[m] = feat.manifest.dim
+            self.feature_info[m] = f"{name}: {feat.manifest.encoder} ({feat.manifest.n_present}/{n} items)"
+        self.widths = widths
+        # One stacked encoder per modality serves the three sequences X, Y, XY.
+        self.encoders = nn.ModuleDict(
+            {m: StackedSequenceEncoder(3, widths[m], bundle.max_len, config.n_blocks, config.n_heads, config.dropout) for m in self.modalities}
+        )
+
+    # ---- item side ---------------------------------------------------------------------------
+    def item_table(self, m: str) -> torch.Tensor:
+        """(N+1, d_m) item vectors of modality m (learned for id; frozen, missing rows learned, otherwise)."""
+        if m == "id":
+            return self.item_id.weight
+        table = getattr(self, f"{m}_table")
+        return torch.where(getattr(self, f"{m}_mask")[:, None], table, self.missing[m].to(table.dtype))
+
+    def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
+        return F.normalize(self.item_table(m)[ids].float(), dim=-1)
+
+    # ---- sequence side -----------------------------------------------------------------------
+    def encode(self, batch: Batch, last_only: bool) -> dict[str, torch.Tensor]:
+        """Run the nine encoders. Returns per modality (3, B, L, d_m) states (or (3, B, d_m) if last_only),
+        stacked in SEQUENCES order (X, Y, XY)."""
+        width = batch.xy.shape[1]
+        seqs = torch.stack([F.pad(s, (width - s.shape[1], 0), value=self.pad_id) for s in (batch.x, batch.y, batch.xy)])  # (3, B, L)
+        valid = seqs != self.pad_id
+        out = {}
+        for m in self.modalities:
+            vectors = self.item_table(m)[seqs]  # (3, B, L, d_m)
+            if m == "id":
+                vectors = vectors * self.config.d_id**0.5
+            h = self.encoders[m](vectors.to(self.encoders[m].pos.dtype), valid)
+            out[m] = h[:, :, -1] if last_only else h
+        return out
+
+    def _fused_queries(self, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Unit-normalised queries scaled by modality weight / tau: their dot product with unit keys is
+        the modality's weighted logit."""
+        return {m: F.normalize(h.float(), dim=-1) * (self.weights[m] / self.config.tau) for m, h in states.items()}
+
+    def _domain_logits(self, q: dict[str, torch.Tensor], lo: int, hi: int, candidates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-modality weighted logits of queries q[m] (n, d_m) against items lo..hi-1 or candidates (n, C)."""
+        out = {}
+        for m, qm in q.items():
+            if candidates is None:
+                keys = self.unit_keys(m, slice(lo, hi))  # (N_d, d_m)
+                out[m] = qm @ keys.T
+            else:
+                keys = self.unit_keys(m, candidates)  # (n, C, d_m)
+                out[m] = torch.einsum("nd,ncd->nc", qm, keys)
+        return out
+
+    def _combine(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Fused score z (logit fusion) or log of the mixture probability (probability fusion)."""
+        if self.config.fusion == "logits":
+            return sum(logits.values())
+        # probabilities: log sum_m w_m softmax(c_m), renormalised by sum_m w_m. logits[m] already carries
+        # the weight w_m inside the scale, so undo it before the softmax.
+        parts = []
+        for m, lm in logits.items():
+            w = self.weights[m]
+            parts.append(torch.log_softmax(lm / w, dim=-1) + torch.log(torch.tensor(w)))
+        total = sum(self.weights[m] for m in logits)
+        return torch.logsumexp(torch.stack(parts), dim=0) - torch.log(torch.tensor(total))
+
+    # ---- training ------------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> torch.Tensor:
+        width = batch.xy.shape[1]
+        states = self.encode(batch, last_only=False)  # m -> (3, B, L, d_m)
+        targets = torch.stack(
+            [F.pad(t, (width - t.shape[1], 0), value=self.pad_id) for t in (batch.x_target, batch.y_target, batch.xy_target)]
+        )  # (3, B, L)
+        seq_weight = torch.tensor([self.config.lambda_x, self.config.lambda_y, 1.0])
+        total = torch.zeros(())
+        count = int((targets[2] != self.pad_id).sum())  # L_XY's targets: the loss is a mean over them
+        q_all = self._fused_queries(states)
+        for d, (lo, hi) in enumerate(self.domain_ranges):
+            sel = (targets >= lo) & (targets < hi)  # (3, B, L): X-seq targets are X items, etc.
+            if not sel.any():
+                continue
+            q = {m: qm[sel] for m, qm in q_all.items()}  # (n, d_m) queries of all three sequences together
+            t = targets[sel]  # (n,)
+            if self.config.train_negatives:
+                ce = self._sampled_cross_entropy(q, t, lo, hi)
+            else:
+                logits = self._combine(self._domain_logits(q, lo, hi))  # (n, N_d)
+                ce = F.cross_entropy(logits.float(), t - lo, reduction="none")
+            w = seq_weight[sel.nonzero()[:, 0]]
+            total = total + (ce * w).sum()
+        return total / max(count, 1)
+
+    def _sampled_cross_entropy(self, q: dict[str, torch.Tensor], t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Softmax over [target, K negatives drawn uniformly from the domain, shared by the batch].
+        Uniform proposal: the log-Q correction is a constant and cancels; a negative that equals the
+        row's target is masked out. Probability fusion needs full softmaxes, so it is not allowed here."""
+        if self.config.fusion != "logits":
+            raise ValueError("train_negatives > 0 needs fusion='logits'")
+        neg = torch.randint(lo, hi, (self.config.train_negatives,), device=t.device)  # (K,)
+        pos = sum((qm * self.unit_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
+        negs = self._combine({m: qm @ self.unit_keys(m, neg).T for m, qm in q.items()})
+        negs = negs.masked_fill(neg[None, :] == t[:, None], float("-inf"))  # (n, K)
+        logits = torch.cat([pos[:, None], negs], dim=1).float()
+        return F.cross_entropy(logits, torch.zeros_like(t), reduction="none")
+
+    # ---- prediction ----------------------------------------------------------------------------
+    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        lo, hi = self.domain_ranges[domain]
+        q = self._fused_queries(self.encode(batch, last_only=True))  # m -> (3, B, d_m)
+        seq_weight = {domain: 1.0, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}  # T, S, XY
+        if self.config.fusion == "logits":
+            # Logit fusion is linear in the queries: fold the three sequences into one query.
+            mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
+            return self._combine(self._domain_logits(mixed, lo, hi, candidates))
+        full = sum(seq_weight[s] * self._combine(self._domain_logits({m: qm[s] for m, qm in q.items()}, lo, hi)) for s in range(3))
+        return full if candidates is None else full.gather(1, candidates - lo)
+
+    def describe_features(self) -> str:
+        return "; ".join(f"{m} <- {info}" for m, info in self.feature_info.items()) or "id only"

@@ -1,0 +1,91 @@
+"""Ranks and metrics on hand-computed cases; order invariance; degenerate models do not look good."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llmemf.data.batching import Batch
+from llmemf.evaluation.metrics import ranking_metrics
+from llmemf.evaluation.protocols import Evaluator, rank_full, rank_sampled, sample_negatives
+from llmemf.models.base import Recommender
+
+
+def test_metrics_hand_computed():
+    m = ranking_metrics(np.array([1, 2, 10, 11]))
+    assert m["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 10 + 1 / 11) / 4)
+    assert m["HR@1"] == pytest.approx(0.25)
+    assert m["HR@5"] == pytest.approx(0.5)
+    assert m["HR@10"] == pytest.approx(0.75)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / math.log2(3)) / 4)
+    assert m["NDCG@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 4)
+
+
+def test_rank_sampled_counts_strictly_higher_and_ties():
+    scores = torch.tensor([[0.5, 0.9, 0.1, 0.5, 0.7]])  # target 0.5; two above, one tie
+    assert rank_sampled(scores, "strict").item() == 3
+    assert rank_sampled(scores, "pessimistic").item() == 4
+    assert rank_sampled(scores, "average").item() == 3.5
+
+
+def test_rank_full_and_order_invariance():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(4, 50, generator=g)
+    target = torch.tensor([0, 7, 49, 20])
+    ranks = rank_full(scores, target)
+    expected = [1 + int((scores[i] > scores[i, target[i]]).sum()) for i in range(4)]
+    assert ranks.tolist() == expected
+    perm = torch.randperm(50, generator=g)
+    inv = torch.argsort(perm)
+    assert rank_full(scores[:, perm], inv[target]).tolist() == expected  # same items, other order
+    cand = torch.cat([scores[:, :1], scores[:, 1:][:, torch.randperm(49, generator=g)]], 1)
+    assert torch.equal(rank_sampled(cand), rank_sampled(torch.cat([scores[:, :1], scores[:, 1:]], 1)))
+
+
+def test_negatives_exclude_target_and_are_uniform():
+    targets = np.array([0, 5, 9] * 2000)
+    neg = sample_negatives(targets, 10, 999, seed=1)
+    assert neg.shape == (6000, 999)
+    assert not (neg == targets[:, None]).any()
+    assert neg.min() >= 0 and neg.max() <= 9
+    counts = np.bincount(neg[targets == 5].ravel(), minlength=10)
+    others = np.delete(counts, 5)
+    assert counts[5] == 0 and others.std() / others.mean() < 0.02
+    assert np.array_equal(neg, sample_negatives(targets, 10, 999, seed=1))  # fixed by the seed
+
+
+class ConstantModel(Recommender):
+    trainable = False
+
+    def scores(self, batch: Batch, domain: int, candidates=None):
+        lo, hi = self.domain_ranges[domain]
+        shape = (batch.size, hi - lo) if candidates is None else candidates.shape
+        return torch.zeros(shape)
+
+
+class OracleModel(Recommender):
+    trainable = False
+
+    def scores(self, batch: Batch, domain: int, candidates=None):
+        lo, hi = self.domain_ranges[domain]
+        ids = torch.arange(lo, hi).expand(batch.size, -1) if candidates is None else candidates
+        return (ids == batch.target[:, None]).float()
+
+
+@pytest.mark.parametrize("protocol", ["c2dsr", "full"])
+def test_constant_model_does_not_look_good(tiny_bundle, protocol):
+    res = Evaluator(tiny_bundle, "test", protocol, n_negatives=99).evaluate(ConstantModel(None, tiny_bundle))
+    for name, metrics in res.metrics.items():
+        assert metrics["MRR"] < 0.1, (name, metrics)  # every tie counted against the model
+        assert metrics["HR@10"] == 0.0
+    oracle = Evaluator(tiny_bundle, "test", protocol, n_negatives=99).evaluate(OracleModel(None, tiny_bundle))
+    assert all(m["MRR"] == 1.0 for m in oracle.metrics.values())
+
+
+def test_evaluator_counts_per_domain(tiny_bundle):
+    res = Evaluator(tiny_bundle, "valid", "full").evaluate(OracleModel(None, tiny_bundle))
+    td = tiny_bundle.splits["valid"].target_domain
+    assert res.counts == {"X": int((td == 0).sum()), "Y": int((td == 1).sum())}
