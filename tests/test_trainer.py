@@ -43,7 +43,8 @@ def test_sasrec_learns_and_beats_pop(tiny_dataset, tiny_bundle, tmp_path):
 
 def test_early_stopping_patience(tiny_dataset, tiny_bundle, tmp_path):
     # lr=0: the model never changes, so validation never improves after epoch 1.
-    res = train(_cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=20", "train.patience=3", "train.lr=0.0", "model.hidden=32"), tiny_bundle, log=lambda *_: None)
+    cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=20", "train.patience=3", "train.lr=0.0", "model.hidden=32")
+    res = train(cfg, tiny_bundle, log=lambda *_: None)
     assert res.best_epoch == 1 and len(res.epoch_seconds) == 4
 
 

@@ -168,7 +168,7 @@ class LLMEMF(Recommender):
         total = torch.zeros(())
         count = int((targets[2] != self.pad_id).sum())  # L_XY's targets: the loss is a mean over them
         q_all = self._fused_queries(states)
-        for d, (lo, hi) in enumerate(self.domain_ranges):
+        for lo, hi in self.domain_ranges:
             sel = (targets >= lo) & (targets < hi)  # (3, B, L): X-seq targets are X items, etc.
             if not sel.any():
                 continue
