@@ -121,6 +121,12 @@ def _import_open_clip():
             raise
     for mod in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
         del sys.modules[mod]
+    try:  # open_clip imports transformers, which probes for torchvision: let it see the truth (absent) first
+        from transformers.utils import import_utils
+
+        import_utils.is_torchvision_available()  # cached from now on
+    except ImportError:
+        pass
     names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "torchvision.ops", "torchvision.ops.misc")
     stand_in = {n: types.ModuleType(n) for n in names}
     tr = stand_in["torchvision.transforms"]

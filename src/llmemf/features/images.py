@@ -187,7 +187,7 @@ async def _download_all(jobs: list[tuple[int, str]], index: ImageIndex, cfg: Ima
                     async for attempt in AsyncRetrying(
                         retry=retry_if_exception_type(TransientError),
                         stop=stop_after_attempt(cfg.max_retries + 1),
-                        wait=wait_exponential_jitter(initial=cfg.backoff_s, max=8.0),
+                        wait=wait_exponential_jitter(multiplier=cfg.backoff_s, max=8.0),
                         reraise=True,
                     ):
                         with attempt:
