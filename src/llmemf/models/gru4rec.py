@@ -4,7 +4,9 @@ Item embedding -> GRU over the sequence -> the hidden state after each item, pro
 embedding width, scores the next item by dot product with the (tied) item embeddings. Each target
 is scored by a softmax over its own domain's items (cross-entropy, the loss of the follow-up paper
 Hidasi & Karatzoglou 2018, and the same objective every sequential model here uses), instead of the
-2015 paper's TOP1/BPR ranking losses over mini-batch negatives.
+2015 paper's TOP1/BPR ranking losses over mini-batch negatives. The paper's best runs fed one-hot
+items to the GRU; an embedding input layer (which the paper also tried) keeps the input cost
+independent of the catalogue size (64k items on Food-Kitchen).
 
 Left padding: the GRU state is held at zero while the input is padding, so a user's state does not
 depend on how wide their batch happens to be.
