@@ -138,6 +138,18 @@ class Evaluator:
         model.train(was_training)
         return EvalResult(self.protocol, self.split, metrics, counts, time.perf_counter() - start, all_ranks)
 
+    def restrict(self, result: EvalResult, target_items: np.ndarray) -> EvalResult:
+        """The same result over only the users whose target is in ``target_items`` (e.g. cold-start items)."""
+        data = self.bundle.splits[self.split]
+        metrics, counts, ranks = {}, {}, {}
+        for d, rows in self.rows_by_domain.items():
+            name = self.bundle.dataset.domain_names[d]
+            keep = np.isin(data.target[rows], target_items)
+            ranks[name] = result.ranks[name][keep]
+            metrics[name] = ranking_metrics(ranks[name])
+            counts[name] = int(keep.sum())
+        return EvalResult(result.protocol, result.split, metrics, counts, result.seconds, ranks)
+
 
 def format_table(results: list[tuple[str, EvalResult]], columns: tuple[str, ...] = METRIC_NAMES) -> str:
     """A Markdown table, one row per (label, result), metrics in percent, per target domain."""

@@ -78,6 +78,19 @@ def evaluate_all(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: 
     return {p: ev.evaluate(model, cfg.device, cfg.train.bf16) for p, ev in _evaluators(cfg, bundle, split).items()}
 
 
+def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str) -> dict[str, dict] | None:
+    """Metrics over users whose target is a cold-start item (never in training), when the dataset
+    lists such items in cold_items.json (the synthetic shop does)."""
+    root = bundle.dataset.root
+    if root is None or not (Path(root) / "cold_items.json").exists():
+        return None
+    cold = np.asarray(json.loads((Path(root) / "cold_items.json").read_text())["items"], dtype=np.int64)
+    out = {}
+    for p, ev in _evaluators(cfg, bundle, split).items():
+        out[p] = ev.restrict(ev.evaluate(model, cfg.device, cfg.train.bf16), cold).to_dict()
+    return out
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
 
@@ -220,6 +233,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "valid": {p: r.to_dict() for p, r in valid.items()},
             "test": {p: r.to_dict() for p, r in test.items()},
+            "test_cold_targets": cold_item_results(model, cfg, bundle, "test"),
         },
     )
     return TrainResult(run_dir, model, best_epoch, valid, test, epoch_seconds)

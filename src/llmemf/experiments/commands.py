@@ -1,0 +1,155 @@
+"""CLI commands that run or read many runs: compare, ablate, tune, report, recommend."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from llmemf.data.dataset import atomic_write_bytes
+from llmemf.reporting.tables import PAPER_COLUMNS, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
+
+
+def _write_tables(out: Path, stem: str, runs: dict[str, dict], columns=PAPER_COLUMNS) -> str:
+    """Markdown + CSV for both protocols; returns the Markdown."""
+    parts = []
+    for proto in ("c2dsr", "full"):
+        if not all(proto in r["test"] for r in runs.values()):
+            continue
+        header, rows = paper_rows(runs, "test", proto, columns)
+        md = to_markdown(header, rows, f"(test split, {proto} protocol, %)")
+        parts.append(md)
+        atomic_write_bytes(out / f"{stem}_{proto}.csv", to_csv(header, rows).encode())
+    text = "\n\n".join(parts)
+    atomic_write_bytes(out / f"{stem}.md", (text + "\n").encode())
+    return text
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def compare(
+        dataset: Path = typer.Option(..., "--dataset", "-d"),
+        models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
+        overrides: list[str] = typer.Argument(None, help="key=value overrides applied to every model (e.g. train.epochs=20)"),
+    ) -> None:
+        """Train and evaluate several models under one protocol; print the paper's tables 2-3 layout."""
+        from llmemf.experiments.runner import compare as run_compare
+
+        out = out or Path("runs") / dataset.name / "compare"
+        t0 = time.perf_counter()
+        results = run_compare(dataset, [m.strip() for m in models.split(",") if m.strip()], out, list(overrides or []), log=typer.echo)
+        typer.echo("\n" + _write_tables(out, "table", results))
+        typer.echo(f"\nwall time {time.perf_counter() - t0:.0f}s; tables in {out}/table.md and table_*.csv")
+
+    @app.command()
+    def ablate(
+        dataset: Path = typer.Option(..., "--dataset", "-d"),
+        seeds: str = typer.Option("42", help="comma-separated seeds; mean ± std over them"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/ablate"),
+        overrides: list[str] = typer.Argument(None, help="key=value overrides for every configuration"),
+    ) -> None:
+        """The paper's table 4: six LLM-EMF configurations, same seeds, MRR per domain, both protocols."""
+        from llmemf.experiments.runner import ablate as run_ablate
+        from llmemf.reporting.plots import ablation_chart
+
+        out = out or Path("runs") / dataset.name / "ablate"
+        seed_list = [int(s) for s in seeds.split(",")]
+        groups = run_ablate(dataset, out, seed_list, list(overrides or []), log=typer.echo)
+        texts = []
+        for proto in ("c2dsr", "full"):
+            header, rows = mean_std_rows(groups, "test", proto)
+            texts.append(to_markdown(header, rows, f"(test MRR %, {proto} protocol, mean ± std over seeds {seeds})"))
+            atomic_write_bytes(out / f"ablation_{proto}.csv", to_csv(header, rows).encode())
+        cold = {label: [r["test_cold_targets"] for r in rs] for label, rs in groups.items() if rs[0].get("test_cold_targets")}
+        if cold:
+            header, rows = mean_std_rows({k: [{"test": c} for c in v] for k, v in cold.items()}, "test", "full")
+            texts.append(to_markdown(header, rows, "(cold-start targets only: items never seen in training; test MRR %, full protocol)"))
+        text = "\n\n".join(texts)
+        atomic_write_bytes(out / "ablation.md", (text + "\n").encode())
+        typer.echo("\n" + text)
+        domains = list(next(iter(groups.values()))[0]["test"]["c2dsr"]["metrics"])
+        per_domain = {
+            d: [
+                (float(np.mean(v)), float(np.std(v)))
+                for v in ([100 * r["test"]["c2dsr"]["metrics"][d]["MRR"] for r in rs] for rs in groups.values())
+            ]
+            for d in domains
+        }
+        png = ablation_chart(list(groups), per_domain, out / "ablation.png", f"LLM-EMF ablation on {dataset.name} (c2dsr protocol)")
+        typer.echo(f"\nchart: {png}")
+
+    @app.command()
+    def tune(
+        dataset: Path = typer.Option(..., "--dataset", "-d"),
+        model: str = typer.Option("llmemf", "--model", "-m"),
+        grid: list[str] = typer.Option(["train.lr=1e-3,3e-4", "train.weight_decay=0,1e-5"], "--grid", help="key=v1,v2 (repeat)"),
+        out: Path | None = typer.Option(None, "--out", "-o"),
+        overrides: list[str] = typer.Argument(None),
+    ) -> None:
+        """Grid search selecting on validation MRR (c2dsr protocol), one run directory per point."""
+        from llmemf.experiments.runner import tune as run_tune
+
+        out = out or Path("runs") / dataset.name / f"tune_{model}"
+        results = run_tune(dataset, model, list(grid), out, list(overrides or []), log=typer.echo)
+        results.sort(key=lambda pr: -np.mean([m["MRR"] for m in pr[1]["valid"]["c2dsr"]["metrics"].values()]))
+        domains = list(results[0][1]["valid"]["c2dsr"]["metrics"])
+        header = ["point", "valid MRR (mean)"] + [f"valid {d} MRR" for d in domains] + [f"test {d} MRR" for d in domains]
+        rows = []
+        for point, r in results:
+            v, t = r["valid"]["c2dsr"]["metrics"], r["test"]["c2dsr"]["metrics"]
+            mean_valid = 100 * np.mean([v[d]["MRR"] for d in domains])
+            rows.append([" ".join(point), mean_valid] + [100 * v[d]["MRR"] for d in domains] + [100 * t[d]["MRR"] for d in domains])
+        text = to_markdown(header, rows, "(c2dsr protocol, %, sorted by validation MRR; select on validation, not test)")
+        atomic_write_bytes(out / "summary.md", (text + "\n").encode())
+        atomic_write_bytes(out / "summary.csv", to_csv(header, rows).encode())
+        typer.echo("\n" + text + f"\n\nbest: {rows[0][0]}")
+
+    @app.command()
+    def report(
+        runs: list[Path] = typer.Argument(..., help="run directories (each with results.json)"),
+        out: Path = typer.Option(Path("runs/report"), "--out", "-o"),
+    ) -> None:
+        """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs."""
+        from llmemf.reporting.plots import training_curves
+
+        loaded = {}
+        for run in runs:
+            res = load_results(run)
+            label = res["model"] if res["model"] not in loaded else f"{res['model']} ({run.name})"
+            loaded[label] = (run, res)
+        typer.echo(_write_tables(out, "table", {k: v[1] for k, v in loaded.items()}))
+        png = training_curves({k: v[0] for k, v in loaded.items()}, out / "curves.png")
+        typer.echo(f"\ntables: {out}/table.md, {out}/table_c2dsr.csv, {out}/table_full.csv; curves: {png}")
+
+    @app.command()
+    def recommend(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory or .pt file inside one"),
+        history: str = typer.Option(..., "--history", help="comma-separated items, oldest first: original ids (ASINs) or global ids"),
+        domain: str = typer.Option(..., "--domain", help="target domain: its name, or X / Y"),
+        k: int = typer.Option(10, "-k"),
+        include_seen: bool = typer.Option(False, help="allow items already in the history"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Top-k items of the target domain for a history, with titles and scores."""
+        from llmemf.serving.recommend import UnknownItemError, resolve_domain, resolve_items
+        from llmemf.serving.recommend import recommend as run_recommend
+        from llmemf.training.trainer import load_run
+
+        _, bundle, model = load_run(checkpoint)
+        try:
+            items = resolve_items(bundle, history.split(","))
+            dom = resolve_domain(bundle, domain)
+        except (UnknownItemError, ValueError) as e:
+            typer.secho(f"error: {e.args[0]}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        recs = run_recommend(model, bundle, items, dom, k, exclude_seen=not include_seen)
+        if as_json:
+            typer.echo(json.dumps([r.__dict__ for r in recs], indent=2))
+            return
+        typer.echo(f"top {len(recs)} {bundle.dataset.domain_names[dom]} items for a history of {len(items)}:")
+        for rank, r in enumerate(recs, 1):
+            typer.echo(f"{rank:3d}. {r.original_id:>12s}  (id {r.item_id})  {r.score:8.3f}  {r.title or '(no title)'}")

@@ -1,0 +1,105 @@
+"""Many runs from one command: compare models, the paper's ablation, grid search.
+
+Each run is an ordinary run directory (config.yaml, checkpoints, metrics.jsonl, results.json), so
+an interrupted sweep resumes: finished runs are reused, the one in progress resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from llmemf.config import RunConfig, load_config
+from llmemf.data.batching import DataBundle
+from llmemf.data.dataset import Dataset
+from llmemf.reporting.tables import load_results
+from llmemf.training.trainer import train
+
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+# The paper's table 4: label -> LLM-EMF config overrides.
+ABLATIONS: dict[str, list[str]] = {
+    "original framework (ID only)": ["model.modalities=[id]"],
+    "+ textual fusion": ["model.modalities=[id,txt]", "model.txt_feature=txt_title"],
+    "+ textual + LLM-enhanced": ["model.modalities=[id,txt]", "model.txt_feature=txt_llm"],
+    "+ visual fusion": ["model.modalities=[id,img]"],
+    "+ textual + visual": ["model.modalities=[id,img,txt]", "model.txt_feature=txt_title"],
+    "full (textual + LLM + visual)": ["model.modalities=[id,img,txt]", "model.txt_feature=txt_llm"],
+}
+
+
+def model_config_file(name: str) -> Path | None:
+    """configs/models/<name>.yaml from the working directory, else from the source checkout."""
+    for root in (Path("configs"), REPO_CONFIGS):
+        path = root / "models" / f"{name}.yaml"
+        if path.exists():
+            return path
+    return None
+
+
+def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return load_config(model_config_file(model), [f"model.name={model}", f"dataset={dataset}", f"out={out}", *(overrides or [])])
+
+
+def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
+    """Train unless the run directory already holds results for this exact config."""
+    out = Path(cfg.out)
+    from llmemf.config import config_to_yaml
+
+    if (out / "results.json").exists() and (out / "config.yaml").exists() and (out / "config.yaml").read_text() == config_to_yaml(cfg):
+        log(f"  reusing {out}")
+        return load_results(out)
+    t0 = time.perf_counter()
+    train(cfg, bundle, log=lambda s: log("  " + s))
+    log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
+    return load_results(out)
+
+
+def compare(dataset: Path, models: list[str], out: Path, overrides: list[str], log: Callable[[str], None] = print) -> dict[str, dict]:
+    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+    results = {}
+    for name in models:
+        log(f"[{name}]")
+        results[name] = run_or_reuse(run_config(name, dataset, out / name, overrides), bundle, log)
+    return results
+
+
+def ablate(dataset: Path, out: Path, seeds: list[int], overrides: list[str], log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+    groups: dict[str, list[dict]] = {}
+    for k, (label, ab) in enumerate(ABLATIONS.items()):
+        groups[label] = []
+        for seed in seeds:
+            log(f"[{label}] seed {seed}")
+            cfg = run_config("llmemf", dataset, out / f"{k}_{_slug(label)}" / f"seed{seed}", [*overrides, *ab, f"seed={seed}"])
+            groups[label].append(run_or_reuse(cfg, bundle, log))
+    return groups
+
+
+def grid_points(grid: list[str]) -> list[list[str]]:
+    """['train.lr=1e-3,3e-4', 'train.weight_decay=0,1e-5'] -> the product as override lists."""
+    axes = []
+    for spec in grid:
+        if "=" not in spec:
+            raise ValueError(f"grid axis {spec!r} must look like key=v1,v2,...")
+        key, values = spec.split("=", 1)
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(p) for p in itertools.product(*axes)]
+
+
+def tune(
+    dataset: Path, model: str, grid: list[str], out: Path, overrides: list[str], log: Callable[[str], None] = print
+) -> list[tuple[list[str], dict]]:
+    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+    results = []
+    for point in grid_points(grid):
+        log(f"[{' '.join(point)}]")
+        cfg = run_config(model, dataset, out / _slug("_".join(point)), [*overrides, *point])
+        results.append((point, run_or_reuse(cfg, bundle, log)))
+    return results
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_")[:80]
