@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--protocol", default="c2dsr", choices=["c2dsr", "full"], help="protocol of the printed table")
     ap.add_argument("--split", default="test", choices=["valid", "test"])
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every model (e.g. train.threads=2)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
 
     max_len = load_config(None, args.overrides).max_len
     bundle = DataBundle(Dataset.load(args.dataset), max_len)  # loaded once, shared by every model
