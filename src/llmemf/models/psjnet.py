@@ -1,0 +1,111 @@
+"""PSJNet (Sun et al., Parallel Split-Join Networks for Shared Account Cross-domain Sequential
+Recommendations, TKDE 2022/2023).
+
+Like π-Net, one GRU per domain encodes that domain's items of a shared account. PSJNet then
+*splits* each domain's state, per latent account member, into a part to share with the other
+domain and a part to keep (complementary gates), attends over the members to pool each part, and
+*joins*: a transfer GRU runs over the other domain's shared part at every merged position, and a
+gate mixes the kept part with that transferred knowledge. Both directions run in parallel; the
+joined representation of domain A predicts A's next item.
+
+Here every state lives at merged positions (see c2dsr.split_domain / align), so a target at
+merged position t in domain A is predicted from the account's whole history up to t; each
+target is scored by a softmax over its own domain's items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmemf.data.batching import Batch, DataBundle
+from llmemf.models.base import Recommender
+from llmemf.models.layers import domain_cross_entropy, score_candidates
+from llmemf.models.pinet import DomainGRU
+
+
+@dataclass
+class PSJNetConfig:
+    hidden: int = 90  # embedding and GRU width (as π-Net, which PSJNet extends)
+    n_members: int = 4  # K latent account members in the split unit
+    dropout: float = 0.2  # on embeddings and the join input
+
+
+class Split(nn.Module):
+    """Per member k: g_k = sigmoid(W [h_a ; h_b] + m_k); share = g_k * h_a, keep = (1 - g_k) * h_a,
+    each pooled over members by attention."""
+
+    def __init__(self, d: int, k: int):
+        super().__init__()
+        self.gate = nn.Linear(2 * d, d)
+        self.members = nn.Parameter(torch.randn(k, d) * 0.1)  # (K, d)
+        self.att_share, self.att_keep = nn.Linear(d, 1), nn.Linear(d, 1)
+
+    def forward(self, h_a: torch.Tensor, h_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.sigmoid(self.gate(torch.cat([h_a, h_b], -1))[:, :, None] + self.members)  # (B, L, K, d)
+        share, keep = g * h_a[:, :, None], (1 - g) * h_a[:, :, None]
+        pool = lambda x, att: (torch.softmax(att(torch.tanh(x)), 2) * x).sum(2)  # noqa: E731  (B, L, d)
+        return pool(share, self.att_share), pool(keep, self.att_keep)
+
+
+class Join(nn.Module):
+    """Transfer GRU over the other domain's shared part, gated into this domain's kept part."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.transfer = nn.GRU(d, d, batch_first=True)
+        self.gate = nn.Linear(2 * d, d)
+
+    def forward(self, keep_a: torch.Tensor, share_b: torch.Tensor) -> torch.Tensor:
+        t, _ = self.transfer(share_b)  # (B, L, d) over merged positions
+        j = torch.sigmoid(self.gate(torch.cat([keep_a, t], -1)))
+        return j * keep_a + (1 - j) * t
+
+
+class PSJNet(Recommender):
+    Config = PSJNetConfig
+    reference = "Sun et al., Parallel Split-Join Networks for Shared Account Cross-domain Sequential Recommendations, TKDE 2022"
+    summary = "per-domain GRUs, member-wise split into shared/kept parts, parallel transfer-and-join"
+
+    def __init__(self, config: PSJNetConfig, bundle: DataBundle):
+        super().__init__(config, bundle)
+        d = config.hidden
+        self.n_x = self.domain_ranges[0][1]
+        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
+        self.drop = nn.Dropout(config.dropout)
+        self.gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
+        self.split = nn.ModuleList([Split(d, config.n_members), Split(d, config.n_members)])
+        self.join = nn.ModuleList([Join(d), Join(d)])
+        self.decode = nn.ModuleList([nn.Linear(2 * d, d), nn.Linear(2 * d, d)])
+        self.out = nn.Embedding(self.n_items, d)  # output item vectors
+        nn.init.normal_(self.out.weight, std=d**-0.5)
+
+    def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
+        at = [xy < self.n_x, (xy >= self.n_x) & (xy != self.pad_id)]
+        emb = self.drop(self.item(xy))
+        h = [self.gru[d](emb, xy, at[d]) for d in (0, 1)]  # (B, L, d) each, at merged positions
+        parts = [self.split[a](h[a], h[1 - a]) for a in (0, 1)]  # (share, keep) per domain
+        reps = []
+        for a in (0, 1):
+            joined = self.join[a](parts[a][1], parts[1 - a][0])
+            reps.append(torch.tanh(self.decode[a](self.drop(torch.cat([h[a], joined], -1)))))
+        return reps
+
+    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return h @ self.out.weight[lo:hi].T
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        reps = self.domain_states(batch.xy)
+        total, count = batch.xy.new_zeros((), dtype=torch.float), 0
+        for d, (lo, hi) in enumerate(self.domain_ranges):
+            t = torch.where((batch.xy_target >= lo) & (batch.xy_target < hi), batch.xy_target, self.pad_id)
+            s, c = domain_cross_entropy(self._logits, reps[d], t, self.domain_ranges, self.pad_id)
+            total, count = total + s, count + c
+        return total / max(count, 1)
+
+    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.domain_states(batch.xy)[domain][:, -1]
+        lo, hi = self.domain_ranges[domain]
+        return score_candidates(u, self.out.weight, lo, hi, candidates)
