@@ -139,3 +139,30 @@ def test_itemknn_tiebreak_orders_unrelated_items_by_popularity():
     s = model.scores(Batch(user=torch.tensor([0]), xy=xy, x=xy, y=xy), 0)[0]
     # X items 0, 1, 2 have 1, 2, 1 training users: item 1 first, and the bonus stays tiny.
     assert s[1] > s[0] == s[2] > 0 and s.max() <= 1e-6
+
+
+def test_srgnn_session_graph_of_every_prefix():
+    from llmemf.models.srgnn import session_graphs
+
+    pad = 9
+    alias, adj = session_graphs(torch.tensor([[pad, pad, 1, 2, 1, 3]]), pad)  # items 1 2 1 3
+    assert alias.tolist() == [[6, 6, 2, 3, 2, 5]]  # the repeated 1 shares the node of its first position
+    full = torch.zeros(6, 6)
+    full[2, 3] = full[3, 2] = full[2, 5] = 1  # 1 -> 2, 2 -> 1, 1 -> 3
+    torch.testing.assert_close(adj[0, 5], full)
+    only_first = torch.zeros(6, 6)
+    only_first[2, 3] = 1  # the prefix "1 2" has one edge
+    torch.testing.assert_close(adj[0, 3], only_first)
+    assert adj[0, 2].sum() == 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "srgnn"])
+def test_scores_do_not_depend_on_left_padding(name, tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model(name, {}, tiny_bundle).eval()
+    batch = next(tiny_bundle.splits["valid"].iter_batches(8))
+    wider = torch.cat([torch.full((batch.size, 3), tiny_bundle.pad_id), batch.xy], dim=1)  # 3 more pad columns
+    with torch.no_grad():
+        a = model.scores(batch, 1)
+        b = model.scores(Batch(user=batch.user, xy=wider, x=batch.x, y=batch.y), 1)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
