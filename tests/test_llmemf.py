@@ -1,0 +1,108 @@
+"""LLM-EMF specifics: modality switches, missing features, fusion modes, the prediction mix, stacking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmemf.data.batching import DataBundle
+from llmemf.models.base import build_model
+from llmemf.models.layers import StackedSequenceEncoder
+
+
+def _eval_batch(bundle, n=8):
+    return next(bundle.splits["valid"].iter_batches(n))
+
+
+def test_id_only_needs_no_features(tiny_bundle, make_tiny):
+    ds = make_tiny()  # in memory, no features directory
+    model = build_model("llmemf", {"modalities": ["id"]}, DataBundle(ds, 10))
+    assert model.describe_features() == "id only"
+    with pytest.raises(ValueError, match="needs a dataset loaded from a directory"):
+        build_model("llmemf", {}, DataBundle(ds, 10))
+
+
+def test_missing_feature_rows_use_a_learned_vector(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16}, tiny_bundle)
+    assert set(model.describe_features().split("; ")) == {
+        "img <- img: random-test (" + str(int(model.img_mask.sum())) + "/70 items)",
+        "txt <- txt_llm: random-test (" + str(int(model.txt_mask.sum())) + "/70 items)",
+    }
+    missing_rows = (~model.img_mask[:-1]).nonzero()[:, 0]
+    assert len(missing_rows) > 0
+    table = model.item_table("img")
+    assert torch.equal(table[missing_rows[0]], model.missing["img"].detach())
+    loss = model.loss(next(tiny_bundle.train.iter_batches(32)))
+    loss.backward()
+    assert model.missing["img"].grad is not None
+
+
+def test_unknown_modality_and_fusion_rejected(tiny_bundle):
+    with pytest.raises(ValueError, match="modalities"):
+        build_model("llmemf", {"modalities": ["img"]}, tiny_bundle)
+    with pytest.raises(ValueError, match="fusion"):
+        build_model("llmemf", {"fusion": "max"}, tiny_bundle)
+
+
+def test_probability_fusion_is_a_mixture_of_softmaxes(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "fusion": "probabilities", "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()
+    batch = _eval_batch(tiny_bundle)
+    lo, hi = tiny_bundle.domain_range(1)
+    got = model.scores(batch, 1, None)
+    states = model.encode(batch, last_only=True)
+    c = config = model.config
+    probs = 0
+    for m, w in (("id", 1.0), ("img", c.alpha), ("txt", c.beta)):
+        h = torch.nn.functional.normalize(states[m][1], dim=-1)  # sequence Y, the target domain
+        logits = h @ model.unit_keys(m, slice(lo, hi)).T / config.tau
+        probs = probs + w * torch.softmax(logits, -1)
+    expected = torch.log(probs / (1 + c.alpha + c.beta))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prediction_mix_uses_target_source_and_merged_sequences(tiny_bundle):
+    torch.manual_seed(0)
+    only_target = build_model("llmemf", {"d_id": 16, "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()
+    batch = _eval_batch(tiny_bundle)
+    altered = _eval_batch(tiny_bundle)
+    altered.y = torch.full_like(altered.y, 35)  # change the Y history only
+    altered.xy = torch.where(altered.xy >= 30, torch.full_like(altered.xy, 35), altered.xy)
+    # Domain X scores with gamma_S = gamma_XY = 0 read the X sequence alone.
+    torch.testing.assert_close(only_target.scores(batch, 0), only_target.scores(altered, 0))
+    mixed = build_model("llmemf", {"d_id": 16}, tiny_bundle)
+    mixed.load_state_dict(only_target.state_dict())
+    mixed.eval()
+    assert not torch.allclose(mixed.scores(batch, 0), mixed.scores(altered, 0))
+
+
+def test_sampled_softmax_trains(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "train_negatives": 20}, tiny_bundle)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = next(tiny_bundle.train.iter_batches(64))
+    losses = []
+    for _ in range(15):
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_stacked_encoder_slices_are_independent_and_causal():
+    torch.manual_seed(0)
+    enc = StackedSequenceEncoder(3, 8, max_len=6, n_blocks=2, n_heads=2, dropout=0.0).eval()
+    x = torch.randn(3, 4, 6, 8)
+    valid = torch.ones(3, 4, 6, dtype=torch.bool)
+    valid[:, 0, :2] = False  # left padding in row 0
+    out = enc(x, valid)
+    x2 = x.clone()
+    x2[1:] = torch.randn(2, 4, 6, 8)  # other stack members change
+    x2[0, :, -1] = torch.randn(4, 8)  # the future of slice 0 changes
+    out2 = enc(x2, valid)
+    torch.testing.assert_close(out[0, :, :-1], out2[0, :, :-1])  # earlier positions do not see it
+    assert not torch.allclose(out[1], out2[1])
+    assert torch.isfinite(out).all()
