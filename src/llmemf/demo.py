@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("data/synthetic"))
     ap.add_argument("--runs", type=Path, default=Path("runs/demo"))
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--enrich-limit", type=int, default=48, help="items the offline LLM writes text for")
+    ap.add_argument("--enrich-limit", type=int, default=16, help="items the offline LLM writes text for")
     args = ap.parse_args(argv)
     start = time.perf_counter()
 
