@@ -54,6 +54,7 @@ class EnrichConfig:
     max_retries: int = 4  # SDK retries per request on 408/409/429/5xx/timeouts, exponential backoff
     timeout_s: float = 60.0  # per-request timeout (openai backend)
     batch_size: int = 8  # prompts per generate() call (local backend)
+    local_dtype: str = "bfloat16"  # local backend weights: bfloat16 (measured ~1.5x faster on this CPU, memory-bound) | float32
     threads: int = 0  # torch threads for the local backend (0 = torch's default)
     limit: int = 0  # enrich at most this many items (0 = all); which ones: `order`
     order: str = "popular"  # popular (most frequent in train first) | id
@@ -163,7 +164,7 @@ class LocalBackend:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         path = Path(cfg.model) if cfg.model else smollm2_gguf_path()
-        self.model_id = path.name
+        self.model_id = local_model_id(cfg)
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -171,7 +172,9 @@ class LocalBackend:
         self.tok.padding_side = "left"  # generation appends on the right, so pad on the left
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        # GGUF weights are de-quantised to fp32 on load; bf16 halves the bytes read per token (decoding is memory-bound)
+        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.local_dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).to(dtype).eval()
 
     def generate(self, prompts: list[str]) -> list[Generation]:
         import torch
@@ -239,6 +242,12 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def local_model_id(cfg: EnrichConfig) -> str:
+    """The local model as the cache key sees it: file name + weight dtype (bf16 and fp32 differ slightly)."""
+    name = Path(cfg.model).name if cfg.model else smollm2_gguf_path().name
+    return f"{name}@{cfg.local_dtype}"
 
 
 def make_backend(cfg: EnrichConfig):
@@ -363,7 +372,7 @@ def _backend_identity(cfg: EnrichConfig) -> tuple[str, str]:
         kind = "openai" if (cfg.base_url or os.environ.get(ENV_BASE_URL)) else "local"
     if kind == "openai":
         return "openai", cfg.model or os.environ.get(ENV_MODEL, "")
-    return "local", (Path(cfg.model).name if cfg.model else smollm2_gguf_path().name)
+    return "local", local_model_id(cfg)
 
 
 def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Callable[[str], None] = print) -> EnrichResult:

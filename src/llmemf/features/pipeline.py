@@ -13,8 +13,9 @@ from llmemf.features.llm import EnrichConfig, EnrichResult, enrich
 
 def run_offline_features(
     dataset_root: str | Path,
-    enrich_limit: int = 48,
-    max_tokens: int = 64,
+    enrich_limit: int = 24,
+    max_tokens: int = 48,
+    llm_threads: int = 1,
     embed_cfg: EmbedConfig | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
@@ -23,7 +24,14 @@ def run_offline_features(
     Cached: a second call costs only the cache look-ups."""
     t0 = time.perf_counter()
     log(f"features: enriching the {enrich_limit} most popular items with the offline LLM (SmolLM2-135M-Instruct), not all items")
-    er: EnrichResult = enrich(dataset_root, EnrichConfig(backend="local", limit=enrich_limit, max_tokens=max_tokens, progress=progress), log=log)
+    import torch
+
+    threads = torch.get_num_threads()
+    # One thread: greedy decoding of a 135M model is memory-bound, and on a shared 2-core machine two
+    # threads were measured ~10x slower than one (spin-waiting); the embed step gets the threads back.
+    ecfg = EnrichConfig(backend="local", limit=enrich_limit, max_tokens=max_tokens, threads=llm_threads, progress=progress)
+    er: EnrichResult = enrich(dataset_root, ecfg, log=log)
+    torch.set_num_threads(threads)
     log(er.summary())
     t1 = time.perf_counter()
     cfg = embed_cfg or EmbedConfig(progress=progress)
