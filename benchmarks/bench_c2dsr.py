@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ VARIANTS = {
 }
 
 
-def run_one(dataset: str, epochs: int, variant: str, negatives: int, out: str) -> dict:
+def run_one(dataset: str, epochs: int, variant: str, negatives: int, out: str, threads: int) -> dict:
     from llmemf.config import load_config
     from llmemf.training.trainer import peak_rss_mib, train
 
@@ -55,6 +56,7 @@ def run_one(dataset: str, epochs: int, variant: str, negatives: int, out: str) -
         f"train.epochs={epochs}",
         f"train.patience={epochs + 1}",
         "train.progress=false",
+        f"train.threads={threads}",
         "eval.protocols=[c2dsr]",
     ] + VARIANTS[variant]
     train(load_config(None, overrides), resume=False, log=lambda m: print(f"[{variant}] {m}", file=sys.stderr, flush=True))
@@ -74,20 +76,23 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--variants", default="full-fp32,full-bf16,sampled-bf16")
     p.add_argument("--negatives", type=int, default=4096, help="shared negatives per domain per step for sampled-*")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); 1 helps on a shared, loaded machine")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = p.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory() as out:
-            print(json.dumps(run_one(args.dataset, args.epochs, args.one, args.negatives, out)))
+            print(json.dumps(run_one(args.dataset, args.epochs, args.one, args.negatives, out, args.threads)))
         return
     results = []
     for v in args.variants.split(","):
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
-        cmd = [sys.executable, __file__, args.dataset, "--epochs", str(args.epochs), "--negatives", str(args.negatives), "--one", v]
+        cmd = [sys.executable, __file__, args.dataset, "--epochs", str(args.epochs), "--negatives", str(args.negatives)]
+        cmd += ["--threads", str(args.threads), "--one", v]
         out = subprocess.run(cmd, check=True, capture_output=False, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\nC2DSR on {args.dataset}: hidden 256, batch 256, GNN depth 1, {args.epochs} epoch(s); sampled-* use {args.negatives} negatives")
+    print(f"torch threads: {args.threads or 'default'}; load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     print(f"official cost: {OFFICIAL_SECONDS_PER_EPOCH:.0f} s/epoch (figure quoted in issue 5, not measured here)\n")
     print("| variant | train s/epoch (median) | eval s (median) | peak RSS MiB | valid MRR per epoch (%) | speed-up vs 450 s |")
     print("|---|---|---|---|---|---|")
