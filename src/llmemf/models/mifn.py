@@ -177,11 +177,12 @@ class MIFN(Recommender):
         u, s, att = (t[:, -1] for t in self.states(batch.xy)[domain])  # (B, d), (B,), (B, L)
         lo, hi = self.domain_ranges[domain]
         explore = F.softmax((u @ self.out.weight[lo:hi].T).float(), -1)  # (B, n_domain)
-        # Exploit distribution over the whole domain: sum_j att_j * A_D[h_j, :], as a sparse product.
+        # Exploit distribution over the whole domain: sum_j att_j * A_D[h_j, :], as a sparse product
+        # (scipy, so scores are not differentiable through this term; training uses loss()).
         hist = batch.xy.cpu().numpy()
         ok = hist != self.pad_id
         B, L = hist.shape
-        weights = sp.csr_matrix((att.float().cpu().numpy()[ok], (np.nonzero(ok)[0], np.arange(ok.sum()))), shape=(B, ok.sum()))
+        weights = sp.csr_matrix((att.detach().float().cpu().numpy()[ok], (np.nonzero(ok)[0], np.arange(ok.sum()))), shape=(B, ok.sum()))
         copy = torch.from_numpy((weights @ self.adj_copy[domain][hist[ok]]).toarray().astype(np.float32)).to(u.device)
         sw = torch.sigmoid(s.float())[:, None]
         full = torch.log(sw * explore + (1 - sw) * copy + self.config.copy_floor)  # (B, n_domain)
