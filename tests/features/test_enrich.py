@@ -3,6 +3,7 @@ faults (429 / 500 / garbage / hang), the SQLite cache (re-run = zero calls), kil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -95,10 +96,8 @@ def test_kill_9_mid_run_resumes_with_nothing_lost(tmp_path):
         while time.time() < deadline and n_done < 10:
             time.sleep(0.05)
             if cache.exists():
-                try:
-                    n_done = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM generations").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass
+                with contextlib.suppress(sqlite3.OperationalError), contextlib.closing(sqlite3.connect(cache)) as db:
+                    n_done = db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert 10 <= n_done < 40, "the kill did not land mid-run"
