@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05, help="server seconds per request")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--smollm2-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for SmolLM2 (1: fastest on the shared 2-core machine)")
     args = ap.parse_args()
 
     from servers import openai_server, read_log
@@ -70,8 +71,8 @@ def main() -> None:
         d = Dataset.load(ds)
         prompts = [render_prompt(PAPER_TEMPLATE, d.domain_names[int(r.domain)], r.title, r.description) for r in d.items.head(8).itertuples()]
         t0 = time.perf_counter()
-        be = LocalBackend(EnrichConfig(max_tokens=args.smollm2_tokens))
-        print(f"\nSmolLM2-135M-Instruct (transformers, fp32, greedy, {torch.get_num_threads()} threads): load {time.perf_counter() - t0:.1f}s")
+        be = LocalBackend(EnrichConfig(max_tokens=args.smollm2_tokens, threads=args.threads))
+        print(f"\nSmolLM2-135M-Instruct ({be.model_id}, greedy, {torch.get_num_threads()} threads): load {time.perf_counter() - t0:.1f}s")
         print(f"{'batch':>6s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}")
         for bs in (1, 8):
             t0 = time.perf_counter()
