@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_dataset
+from tiny_data import make_tiny_dataset
 
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle

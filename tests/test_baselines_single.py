@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny_dataset
+from tiny_data import make_tiny_dataset
 
 from llmemf.config import load_config
 from llmemf.data.batching import Batch, DataBundle
