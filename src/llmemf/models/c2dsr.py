@@ -39,7 +39,7 @@ from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, domain_cross_entropy
+from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding
 
 # ---------------------------------------------------------------- sequence alignment helpers
 
@@ -179,10 +179,7 @@ class C2DSR(Recommender):
         super().__init__(config, bundle)
         d = config.hidden
         self.n_x = self.domain_ranges[0][1]
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        nn.init.normal_(self.item.weight, std=d**-0.5)
-        with torch.no_grad():
-            self.item.weight[self.pad_id].zero_()
+        self.item = item_embedding(self.n_items, d, self.pad_id)
         # Graphs from the training sequences only (scipy CSR; sliced per step, never trained).
         self.adj_mixed, self.adj_single = build_item_graph(bundle.dataset.splits["train"]["items"], self.n_items, self.n_x)
         self.gnn_xy = nn.ModuleList([GraphConv(d, config.leaky, config.dropout) for _ in range(config.gnn_layers)])

@@ -21,7 +21,7 @@ from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
-from llmemf.models.layers import domain_cross_entropy, score_candidates
+from llmemf.models.layers import domain_cross_entropy, item_embedding, score_candidates
 
 
 @dataclass
@@ -40,10 +40,7 @@ class GRU4Rec(Recommender):
     def __init__(self, config: GRU4RecConfig, bundle: DataBundle):
         super().__init__(config, bundle)
         d, h = config.embedding, config.hidden
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        nn.init.normal_(self.item.weight, std=d**-0.5)
-        with torch.no_grad():
-            self.item.weight[self.pad_id].zero_()
+        self.item = item_embedding(self.n_items, d, self.pad_id)
         self.cells = nn.ModuleList([nn.GRUCell(d if i == 0 else h, h) for i in range(config.n_layers)])
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(h, d)  # hidden state -> item embedding space

@@ -81,6 +81,28 @@ class SequenceEncoder(nn.Module):
 LogitFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
+def item_embedding(n_items: int, d: int, pad_id: int) -> nn.Embedding:
+    """(n_items + 1, d) item table, N(0, 1/d) rows and a zero padding row."""
+    emb = nn.Embedding(n_items + 1, d, padding_idx=pad_id)
+    nn.init.normal_(emb.weight, std=d**-0.5)
+    with torch.no_grad():
+        emb.weight[pad_id].zero_()
+    return emb
+
+
+def per_domain_cross_entropy(
+    logit_fn: LogitFn, states: list[torch.Tensor], targets: torch.Tensor, domain_ranges: list[tuple[int, int]], pad_id: int
+) -> torch.Tensor:
+    """Mean cross-entropy where a target of domain d is predicted from ``states[d]`` (B, L, h) at its
+    position (models with one representation per domain: pi-Net, PSJNet)."""
+    total, count = targets.new_zeros((), dtype=torch.float), 0
+    for d, (lo, hi) in enumerate(domain_ranges):
+        t = torch.where((targets >= lo) & (targets < hi), targets, pad_id)
+        s, c = domain_cross_entropy(logit_fn, states[d], t, domain_ranges, pad_id)
+        total, count = total + s, count + c
+    return total / max(count, 1)
+
+
 def domain_cross_entropy(
     logit_fn: LogitFn,
     hidden: torch.Tensor,

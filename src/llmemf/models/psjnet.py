@@ -22,7 +22,7 @@ from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
-from llmemf.models.layers import domain_cross_entropy, score_candidates
+from llmemf.models.layers import per_domain_cross_entropy, score_candidates
 from llmemf.models.pinet import DomainGRU
 
 
@@ -97,13 +97,7 @@ class PSJNet(Recommender):
         return h @ self.out.weight[lo:hi].T
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        reps = self.domain_states(batch.xy)
-        total, count = batch.xy.new_zeros((), dtype=torch.float), 0
-        for d, (lo, hi) in enumerate(self.domain_ranges):
-            t = torch.where((batch.xy_target >= lo) & (batch.xy_target < hi), batch.xy_target, self.pad_id)
-            s, c = domain_cross_entropy(self._logits, reps[d], t, self.domain_ranges, self.pad_id)
-            total, count = total + s, count + c
-        return total / max(count, 1)
+        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
 
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         u = self.domain_states(batch.xy)[domain][:, -1]

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, score_candidates
+from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding, score_candidates
 
 
 @dataclass
@@ -34,10 +33,7 @@ class SASRec(Recommender):
     def __init__(self, config: SASRecConfig, bundle: DataBundle):
         super().__init__(config, bundle)
         d = config.hidden
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        nn.init.normal_(self.item.weight, std=d**-0.5)
-        with torch.no_grad():
-            self.item.weight[self.pad_id].zero_()
+        self.item = item_embedding(self.n_items, d, self.pad_id)
         self.encoder = SequenceEncoder(d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:

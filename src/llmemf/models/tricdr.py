@@ -25,7 +25,7 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.c2dsr import align, split_domain
-from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, score_candidates
+from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding, score_candidates
 
 
 @dataclass
@@ -49,10 +49,7 @@ class TriCDR(Recommender):
         super().__init__(config, bundle)
         d = config.hidden
         self.n_x = self.domain_ranges[0][1]
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        nn.init.normal_(self.item.weight, std=d**-0.5)
-        with torch.no_grad():
-            self.item.weight[self.pad_id].zero_()
+        self.item = item_embedding(self.n_items, d, self.pad_id)
         enc = lambda: SequenceEncoder(d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)  # noqa: E731
         self.enc_xy, self.enc_x, self.enc_y = enc(), enc(), enc()
         self.cross = nn.ModuleList([nn.MultiheadAttention(d, config.n_heads, dropout=config.dropout, batch_first=True) for _ in range(2)])
