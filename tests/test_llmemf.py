@@ -106,3 +106,19 @@ def test_stacked_encoder_slices_are_independent_and_causal():
     torch.testing.assert_close(out[0, :, :-1], out2[0, :, :-1])  # earlier positions do not see it
     assert not torch.allclose(out[1], out2[1])
     assert torch.isfinite(out).all()
+
+
+def test_neutral_cold_id_ignores_untrained_id_vectors(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "cold_id": "neutral"}, tiny_bundle).eval()
+    cold = 40  # pretend item 40 never occurred in training
+    model.warm[cold] = False
+    batch = _eval_batch(tiny_bundle)
+    before = model.scores(batch, 1)[:, cold - 30].clone()
+    with torch.no_grad():
+        model.item_id.weight[cold] = torch.randn(16) * 10  # its (untrained) ID vector is irrelevant
+    torch.testing.assert_close(model.scores(batch, 1)[:, cold - 30], before)
+    learned = build_model("llmemf", {"d_id": 16}, tiny_bundle).eval()
+    learned.load_state_dict(model.state_dict())
+    learned.warm[cold] = False
+    assert not torch.allclose(learned.scores(batch, 1)[:, cold - 30], before)

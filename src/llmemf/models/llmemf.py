@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +57,8 @@ class LLMEMFConfig:
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
+    cold_id: str = "learned"  # items never in training: "learned" (their untrained ID vector, the paper) |
+    #                           "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them)
 
 
 class LLMEMF(Recommender):
@@ -95,6 +98,13 @@ class LLMEMF(Recommender):
             widths[m] = feat.manifest.dim
             self.feature_info[m] = f"{name}: {feat.manifest.encoder} ({feat.manifest.n_present}/{n} items)"
         self.widths = widths
+        if config.cold_id not in ("learned", "neutral"):
+            raise ValueError(f"cold_id must be 'learned' or 'neutral', got {config.cold_id!r}")
+        warm = torch.zeros(n + 1, dtype=torch.bool)
+        train_ids = [np.asarray(seq, dtype=np.int64) for seq in bundle.dataset.splits["train"]["items"]]
+        if train_ids:
+            warm[torch.from_numpy(np.concatenate(train_ids))] = True
+        self.register_buffer("warm", warm, persistent=False)  # (N+1,) item occurs in a training sequence
         # One stacked encoder per modality serves the three sequences X, Y, XY.
         self.encoders = nn.ModuleDict(
             {m: StackedSequenceEncoder(3, widths[m], bundle.max_len, config.n_blocks, config.n_heads, config.dropout) for m in self.modalities}
@@ -204,6 +214,14 @@ class LLMEMF(Recommender):
         if self.config.fusion == "logits":
             # Logit fusion is linear in the queries: fold the three sequences into one query.
             mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
+            if self.config.cold_id == "neutral":
+                logits = self._domain_logits(mixed, lo, hi)  # (B, N_d) per modality
+                warm = self.warm[lo:hi]
+                if warm.any() and not warm.all():
+                    neutral = logits["id"][:, warm].mean(1, keepdim=True)  # (B, 1)
+                    logits["id"] = torch.where(warm[None], logits["id"], neutral)
+                full = self._combine(logits)
+                return full if candidates is None else full.gather(1, candidates - lo)
             return self._combine(self._domain_logits(mixed, lo, hi, candidates))
         full = sum(seq_weight[s] * self._combine(self._domain_logits({m: qm[s] for m, qm in q.items()}, lo, hi)) for s in range(3))
         return full if candidates is None else full.gather(1, candidates - lo)
