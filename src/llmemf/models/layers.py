@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.data.batching import Batch
+from llmemf.models.base import Recommender
+
 
 class FeedForward(nn.Module):
     def __init__(self, d: int, dropout: float, mult: int = 1):
@@ -213,3 +216,25 @@ class StackedSequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask) * keep
         return self.ln_f(x)
+
+
+class PerDomainStateModel(Recommender):
+    """Shared scoring for models that keep one user representation per domain (pi-Net, PSJNet):
+    subclasses define ``domain_states(xy) -> [states_X, states_Y]`` (each (B, L, d)) and an ``out``
+    embedding of output item vectors; a target of domain d is scored from states_d."""
+
+    out: nn.Embedding
+
+    def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return h @ self.out.weight[lo:hi].T
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
+
+    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.domain_states(batch.xy)[domain][:, -1]  # (B, d) after the last real item
+        lo, hi = self.domain_ranges[domain]
+        return score_candidates(u, self.out.weight, lo, hi, candidates)

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
+from llmemf.data.batching import DataBundle
 from llmemf.models.c2dsr import align, split_domain
-from llmemf.models.layers import per_domain_cross_entropy, score_candidates
+from llmemf.models.layers import PerDomainStateModel
 
 
 @dataclass
@@ -67,7 +66,7 @@ class FilterTransfer(nn.Module):
         return self.ctu(filtered, at_b, at_b)
 
 
-class PiNet(Recommender):
+class PiNet(PerDomainStateModel):
     Config = PiNetConfig
     reference = "Ma et al., π-Net: A Parallel Information-sharing Network for Shared-account Cross-domain Sequential Recommendations, SIGIR 2019"
     summary = "per-domain GRUs, shared-account filter + cross-domain transfer GRU, hybrid decoder"
@@ -96,14 +95,3 @@ class PiNet(Recommender):
             t = self.transfer[a](h[b], h[a], at[b])  # B -> A
             reps.append(torch.tanh(self.decode[a](self.drop(torch.cat([h[a], t], -1)))))
         return reps
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.out.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.domain_states(batch.xy)[domain][:, -1]
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(u, self.out.weight, lo, hi, candidates)

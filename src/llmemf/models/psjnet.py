@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
-from llmemf.models.layers import per_domain_cross_entropy, score_candidates
+from llmemf.data.batching import DataBundle
+from llmemf.models.layers import PerDomainStateModel
 from llmemf.models.pinet import DomainGRU
 
 
@@ -64,7 +63,7 @@ class Join(nn.Module):
         return j * keep_a + (1 - j) * t
 
 
-class PSJNet(Recommender):
+class PSJNet(PerDomainStateModel):
     Config = PSJNetConfig
     reference = "Sun et al., Parallel Split-Join Networks for Shared Account Cross-domain Sequential Recommendations, TKDE 2022"
     summary = "per-domain GRUs, member-wise split into shared/kept parts, parallel transfer-and-join"
@@ -92,14 +91,3 @@ class PSJNet(Recommender):
             joined = self.join[a](parts[a][1], parts[1 - a][0])
             reps.append(torch.tanh(self.decode[a](self.drop(torch.cat([h[a], joined], -1)))))
         return reps
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.out.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.domain_states(batch.xy)[domain][:, -1]
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(u, self.out.weight, lo, hi, candidates)
