@@ -13,8 +13,7 @@ Reconstructed from the paper as written out in shared/spec/METHOD.md:
              scored by a softmax over its own domain
   predict    target domain T, source S:  z_T + gamma_S z_S + gamma_XY z_XY over T's items
 
-Implementation notes (why it is fast): the three encoders of one modality run as one stacked
-encoder (batched matmuls over X, Y, XY); with logit fusion, the fused score of all modalities is a
+Implementation notes (why it is fast): with logit fusion, the fused score of all modalities is a
 single dot product of concatenated, normalised, weighted vectors, so each (sequence, domain) pair
 costs one matmul with the frozen part kept out of the weight gradient. Items lacking a feature use
 a learned per-modality "missing" vector.
@@ -32,10 +31,17 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import Recommender
-from llmemf.models.layers import StackedSequenceEncoder
+from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder
 
 MODALITIES = ("id", "img", "txt")
 SEQUENCES = ("x", "y", "xy")
+
+
+class SeparateEncoders(nn.ModuleList):
+    """One SequenceEncoder per stacked sequence: (S, B, L, d) -> (S, B, L, d)."""
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return torch.stack([enc(x[i], valid[i]) for i, enc in enumerate(self)])
 
 
 @dataclass
@@ -57,6 +63,8 @@ class LLMEMFConfig:
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
+    stacked_encoders: bool = False  # run X, Y, XY encoders of a modality as one batched-matmul stack (measured
+    #                                  slower on CPU: benchmarks/bench_stacked_encoder.py, 0.81x at width 512)
     cold_id: str = "learned"  # items never in training: "learned" (their untrained ID vector, the paper) |
     #                           "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them)
 
@@ -105,10 +113,14 @@ class LLMEMF(Recommender):
         if train_ids:
             warm[torch.from_numpy(np.concatenate(train_ids))] = True
         self.register_buffer("warm", warm, persistent=False)  # (N+1,) item occurs in a training sequence
-        # One stacked encoder per modality serves the three sequences X, Y, XY.
-        self.encoders = nn.ModuleDict(
-            {m: StackedSequenceEncoder(3, widths[m], bundle.max_len, config.n_blocks, config.n_heads, config.dropout) for m in self.modalities}
-        )
+        # Per modality, one encoder for each of the sequences X, Y, XY (or one stack of three).
+        def encoders(d: int) -> nn.Module:
+            args = (d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
+            if config.stacked_encoders:
+                return StackedSequenceEncoder(3, *args)
+            return SeparateEncoders([SequenceEncoder(*args) for _ in SEQUENCES])
+
+        self.encoders = nn.ModuleDict({m: encoders(widths[m]) for m in self.modalities})
 
     # ---- item side ---------------------------------------------------------------------------
     def item_table(self, m: str) -> torch.Tensor:
@@ -133,7 +145,7 @@ class LLMEMF(Recommender):
             vectors = self.item_table(m)[seqs]  # (3, B, L, d_m)
             if m == "id":
                 vectors = vectors * self.config.d_id**0.5
-            h = self.encoders[m](vectors.to(self.encoders[m].pos.dtype), valid)
+            h = self.encoders[m](vectors, valid)  # (3, B, L, d_m)
             out[m] = h[:, :, -1] if last_only else h
         return out
 
