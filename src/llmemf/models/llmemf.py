@@ -63,8 +63,9 @@ class LLMEMFConfig:
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
-    stacked_encoders: bool = False  # run X, Y, XY encoders of a modality as one batched-matmul stack (measured
-    #                                  slower on CPU: benchmarks/bench_stacked_encoder.py, 0.81x at width 512)
+    stacked_encoders: bool = True  # X, Y, XY encoders of a modality as one batched-matmul stack. All reported numbers
+    # use it. False = three SequenceEncoders: 1.2x faster on CPU in isolation (benchmarks/bench_stacked_encoder.py) but
+    # lower demo MRR (their position embeddings start at N(0, 1), the stack's at N(0, 0.02)); not yet reconciled.
     cold_id: str = "learned"  # items never in training: "learned" (their untrained ID vector, the paper) |
     #                           "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them)
 
