@@ -7,12 +7,14 @@ batches of 256, counts the step's FLOPs with torch's FlopCounterMode, and prints
 step, the epoch estimate (median x batches per epoch), achieved GFLOP/s and the fraction of the
 matmul peak measured in this same process (a plain torch.matmul of the same dtype and a shape like
 the softmax scoring). If the dataset has no `img` / `txt_*` features, random 512-d unit features are
-used for the speed measurement only (stated in the output).
+used for the speed measurement only, in a temporary copy of the dataset (stated in the output).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +40,21 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, k: int = 1280, m: int = 32768
     return 2 * n * k * m / np.median(times) / 1e9
 
 
-def ensure_features(root: Path, n_items: int) -> str:
+def ensure_features(root: Path, n_items: int) -> tuple[Path, str]:
+    """The dataset itself if it has img and txt_llm; otherwise a temporary copy with random ones added
+    (never written into the user's dataset)."""
     have = list_features(root)
     if "img" in have and "txt_llm" in have:
-        return "dataset features: " + ", ".join(have)
+        return root, "dataset features: " + ", ".join(have)
+    copy = Path(tempfile.mkdtemp(prefix="bench_llmemf_")) / root.name
+    shutil.copytree(root, copy)
+    root = copy
     rng = np.random.default_rng(0)
     for name in ("img", "txt_title", "txt_llm"):
         if name not in have:
             v = rng.normal(size=(n_items, 512)).astype(np.float32)
             save_feature(root, Feature(FeatureManifest(name, "random-benchmark-only", "none", 512, n_items, "float32"), v, np.ones(n_items, bool)))
-    return "RANDOM 512-d features written for missing img/txt (speed only, not accuracy)"
+    return root, f"RANDOM 512-d features for missing img/txt in a temporary copy {root} (speed only, not accuracy)"
 
 
 def time_steps(model, batches, bf16: bool) -> tuple[float, float]:
@@ -77,8 +84,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args()
     ds = Dataset.load(args.dataset)
-    print(ensure_features(args.dataset, ds.n_items))
-    bundle = DataBundle(Dataset.load(args.dataset), 15)
+    root, note = ensure_features(args.dataset, ds.n_items)
+    print(note)
+    bundle = DataBundle(Dataset.load(root), 15)
     n_batches = int(np.ceil(len(bundle.train) / args.batch_size))
     all_batches = list(bundle.train.iter_batches(args.batch_size, shuffle=True, seed=0, by_length=True))
     # A representative sample: batches spread over the length buckets.
