@@ -113,7 +113,7 @@ def train(
     overrides: list[str] = typer.Argument(None, help="key=value config overrides, e.g. train.lr=3e-4 model.hidden=128"),
 ) -> None:
     """Train one model; resumes from RUN_DIR/last.pt if present. Prints the per-domain test tables."""
-    from llmemf.config import load_config
+    from llmemf.config import RunConfig, load_config
     from llmemf.training.trainer import train as run_training
 
     ov = list(overrides or [])
@@ -124,8 +124,8 @@ def train(
     if out:
         ov.append(f"out={out}")
     cfg = load_config(config, ov)
-    if out is None and config is None and not any(o.startswith("out=") for o in ov):
-        cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"
+    if out is None and not any(o.startswith("out=") for o in ov) and cfg.out == RunConfig.out:
+        cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"  # unless the YAML names a run directory
     typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}")
     result = run_training(cfg, resume=not fresh, log=typer.echo)
     typer.echo(f"\nbest epoch {result.best_epoch}; run directory {result.run_dir}\n")
