@@ -128,7 +128,8 @@ def train(
         cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"  # unless the YAML names a run directory
     typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}")
     result = run_training(cfg, resume=not fresh, log=typer.echo)
-    typer.echo(f"\nbest epoch {result.best_epoch}; run directory {result.run_dir}\n")
+    trained = f"best epoch {result.best_epoch}" if result.best_epoch > 0 else "closed-form model (no training epochs)"
+    typer.echo(f"\n{trained}; run directory {result.run_dir}\n")
     typer.echo(result.table(cfg.model_name))
 
 
