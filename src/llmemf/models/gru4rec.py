@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
-from llmemf.models.layers import domain_cross_entropy, item_embedding, score_candidates
+from llmemf.data.batching import DataBundle
+from llmemf.models.layers import MergedSequenceModel, item_embedding
 
 
 @dataclass
@@ -32,7 +31,7 @@ class GRU4RecConfig:
     dropout: float = 0.25  # on the embeddings and on the GRU output
 
 
-class GRU4Rec(Recommender):
+class GRU4Rec(MergedSequenceModel):
     Config = GRU4RecConfig
     reference = "Hidasi et al., Session-based Recommendations with Recurrent Neural Networks, ICLR 2016"
     summary = "GRU over the merged sequence, dot-product next-item scores"
@@ -58,16 +57,3 @@ class GRU4Rec(Recommender):
                 outs.append(h)
             x = torch.stack(outs, 1)  # (B, L, h)
         return self.out(self.drop(x))  # (B, L, d)
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.item.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        h = self.encode(batch.xy)  # (B, L, d)
-        total, count = domain_cross_entropy(self._logits, h, batch.xy_target, self.domain_ranges, self.pad_id)
-        return total / max(count, 1)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.encode(batch.xy)[:, -1]  # (B, d) state after the last real item
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(h, self.item.weight, lo, hi, candidates)

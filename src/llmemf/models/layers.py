@@ -238,3 +238,27 @@ class PerDomainStateModel(Recommender):
         u = self.domain_states(batch.xy)[domain][:, -1]  # (B, d) after the last real item
         lo, hi = self.domain_ranges[domain]
         return score_candidates(u, self.out.weight, lo, hi, candidates)
+
+
+class MergedSequenceModel(Recommender):
+    """Shared scoring for models with one state per merged-sequence position (SASRec, GRU4Rec):
+    subclasses define ``encode(xy) -> (B, L, d)`` and an ``item`` embedding whose rows are both
+    inputs and output vectors; each target is scored over its own domain's items."""
+
+    item: nn.Embedding
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return h @ self.item.weight[lo:hi].T
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch.xy)  # (B, L, d)
+        total, count = domain_cross_entropy(self._logits, h, batch.xy_target, self.domain_ranges, self.pad_id)
+        return total / max(count, 1)
+
+    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encode(batch.xy)[:, -1]  # (B, d) state after the last real item
+        lo, hi = self.domain_ranges[domain]
+        return score_candidates(h, self.item.weight, lo, hi, candidates)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding, score_candidates
+from llmemf.data.batching import DataBundle
+from llmemf.models.layers import MergedSequenceModel, SequenceEncoder, item_embedding
 
 
 @dataclass
@@ -25,7 +24,7 @@ class SASRecConfig:
     dropout: float = 0.2
 
 
-class SASRec(Recommender):
+class SASRec(MergedSequenceModel):
     Config = SASRecConfig
     reference = "Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018"
     summary = "causal self-attention over the merged sequence, dot-product next-item scores"
@@ -40,16 +39,3 @@ class SASRec(Recommender):
         """(B, L) ids -> (B, L, d) states."""
         valid = seq != self.pad_id
         return self.encoder(self.item(seq) * self.config.hidden**0.5, valid)
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.item.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        h = self.encode(batch.xy)  # (B, L, d)
-        total, count = domain_cross_entropy(self._logits, h, batch.xy_target, self.domain_ranges, self.pad_id)
-        return total / max(count, 1)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.encode(batch.xy)[:, -1]  # (B, d) state after the last real item
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(h, self.item.weight, lo, hi, candidates)
