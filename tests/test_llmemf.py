@@ -38,6 +38,25 @@ def test_missing_feature_rows_use_a_learned_vector(tiny_bundle):
     assert model.missing["img"].grad is not None
 
 
+def test_frozen_logits_match_the_key_matrix_path(tiny_bundle):
+    """The fast frozen-modality logits (missing items as one shared column) equal scoring against the
+    full key matrix, in value and in the gradients of the queries and the missing vector."""
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16}, tiny_bundle)
+    lo, hi = model.domain_ranges[1]
+    assert not bool(model.img_mask[lo:hi].all())  # the case with a missing column
+    q = torch.randn(5, model.widths["img"], requires_grad=True)
+    fast = model._frozen_logits("img", q, lo, hi)
+    (fast * torch.arange(hi - lo)).sum().backward()
+    grads_fast = q.grad.clone(), model.missing["img"].grad.clone()
+    q.grad, model.missing["img"].grad = None, None
+    slow = q @ model.unit_keys("img", slice(lo, hi)).T
+    (slow * torch.arange(hi - lo)).sum().backward()
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(grads_fast[0], q.grad)
+    torch.testing.assert_close(grads_fast[1], model.missing["img"].grad)
+
+
 def test_unknown_modality_and_fusion_rejected(tiny_bundle):
     with pytest.raises(ValueError, match="modalities"):
         build_model("llmemf", {"modalities": ["img"]}, tiny_bundle)

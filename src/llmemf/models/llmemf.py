@@ -159,13 +159,27 @@ class LLMEMF(Recommender):
         """Per-modality weighted logits of queries q[m] (n, d_m) against items lo..hi-1 or candidates (n, C)."""
         out = {}
         for m, qm in q.items():
-            if candidates is None:
+            if candidates is None and m != "id":
+                out[m] = self._frozen_logits(m, qm, lo, hi)
+            elif candidates is None:
                 keys = self.unit_keys(m, slice(lo, hi))  # (N_d, d_m)
                 out[m] = qm @ keys.T
             else:
                 keys = self.unit_keys(m, candidates)  # (n, C, d_m)
                 out[m] = torch.einsum("nd,ncd->nc", qm, keys)
         return out
+
+    def _frozen_logits(self, m: str, qm: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """(n, N_d) logits of a frozen modality. Items without the feature all share one learned key,
+        so their logit is one column q . unit(missing): the (N_d, d_m) key matrix never enters the
+        autograd graph, which saves the backward matmul that would compute a gradient for it."""
+        table = getattr(self, f"{m}_table")[lo:hi]  # (N_d, d_m) unit rows, no grad
+        logits = (qm.to(table.dtype) @ table.T).to(qm.dtype)
+        mask = getattr(self, f"{m}_mask")[lo:hi]
+        if bool(mask.all()):
+            return logits
+        missing = qm @ F.normalize(self.missing[m].float(), dim=0)  # (n,)
+        return torch.where(mask[None], logits, missing[:, None])
 
     def _combine(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fused score z (logit fusion) or log of the mixture probability (probability fusion)."""
