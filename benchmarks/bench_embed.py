@@ -34,8 +34,16 @@ def main() -> None:
     from llmemf.features.embed import EmbedConfig, _image_inputs, embed
     from llmemf.features.encoders import ClipEncoder, ClipSpec, load_images
 
-    cfg = EmbedConfig(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, features=["img"], batch_size=args.batch_size,
-                      bf16=args.bf16, force=True, progress=False, threads=args.threads)
+    cfg = EmbedConfig(
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        features=["img"],
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        force=True,
+        progress=False,
+        threads=args.threads,
+    )
     t0 = time.perf_counter()
     res = embed(args.dataset, cfg, log=lambda s: None)
     t_path = time.perf_counter() - t0

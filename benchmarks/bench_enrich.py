@@ -43,8 +43,9 @@ def main() -> None:
     rows = []
     with openai_server("scripted", log, delay=args.latency) as url:
         for conc, first in ((1, 0), (16, args.n)):
-            cfg = EnrichConfig(backend="openai", base_url=url, model="bench", order="id", items=list(range(first, first + args.n)),
-                               concurrency=conc, progress=False)
+            cfg = EnrichConfig(
+                backend="openai", base_url=url, model="bench", order="id", items=list(range(first, first + args.n)), concurrency=conc, progress=False
+            )
             t0 = time.perf_counter()
             res = enrich(ds, cfg, log=lambda s: None)
             dt = time.perf_counter() - t0

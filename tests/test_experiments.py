@@ -32,8 +32,20 @@ def test_ablate_prints_six_configurations_and_chart(tiny_dataset, tmp_path):
 
 def test_tune_grid_and_report(tiny_dataset, tmp_path):
     out = tmp_path / "tune"
-    text = _invoke("tune", "--dataset", tiny_dataset.root, "--model", "sasrec", "--grid", "train.lr=0.01,0.001", "--out", out,
-                   "train.epochs=2", "train.progress=false", "eval.n_negatives=30")
+    text = _invoke(
+        "tune",
+        "--dataset",
+        tiny_dataset.root,
+        "--model",
+        "sasrec",
+        "--grid",
+        "train.lr=0.01,0.001",
+        "--out",
+        out,
+        "train.epochs=2",
+        "train.progress=false",
+        "eval.n_negatives=30",
+    )
     assert "best: train.lr=" in text and len(list(out.glob("train.lr*"))) == 2
     runs = sorted(out.glob("train.lr*"))
     rep = _invoke("report", *runs, "--out", tmp_path / "rep")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmemf.data.batching import DataBundle
+from llmemf.features.store import load_feature
 from llmemf.models.base import build_model
 from llmemf.models.layers import StackedSequenceEncoder
 
@@ -32,29 +34,36 @@ def test_missing_feature_rows_use_a_learned_vector(tiny_bundle):
     missing_rows = (~model.img_mask[:-1]).nonzero()[:, 0]
     assert len(missing_rows) > 0
     table = model.item_table("img")
-    assert torch.equal(table[missing_rows[0]], model.missing["img"].detach())
+    torch.testing.assert_close(table[missing_rows[0]], F.normalize(model.missing["img"].detach(), dim=0))
     loss = model.loss(next(tiny_bundle.train.iter_batches(32)))
     loss.backward()
     assert model.missing["img"].grad is not None
 
 
 def test_frozen_logits_match_the_key_matrix_path(tiny_bundle):
-    """The fast frozen-modality logits (missing items as one shared column) equal scoring against the
-    full key matrix, in value and in the gradients of the queries and the missing vector."""
+    """The fast frozen-modality logits (absent items scored through one indicator column) equal cosine
+    scores against the feature file's vectors, with the learned missing vector for absent items, in
+    value and in the gradients of the queries and the missing vector; fused logits add them up."""
     torch.manual_seed(0)
     model = build_model("llmemf", {"d_id": 16}, tiny_bundle)
     lo, hi = model.domain_ranges[1]
-    assert not bool(model.img_mask[lo:hi].all())  # the case with a missing column
+    feat = load_feature(tiny_bundle.dataset.root, "img", n_items=model.n_items)
+    present = torch.from_numpy(feat.mask[lo:hi])
+    assert not bool(present.all())  # the case with absent items
+    raw = torch.from_numpy(feat.values[lo:hi].astype("float32"))
     q = torch.randn(5, model.widths["img"], requires_grad=True)
-    fast = model._frozen_logits("img", q, lo, hi)
+    fast = model._domain_logits({"img": q}, lo, hi)["img"]
     (fast * torch.arange(hi - lo)).sum().backward()
     grads_fast = q.grad.clone(), model.missing["img"].grad.clone()
     q.grad, model.missing["img"].grad = None, None
-    slow = q @ model.unit_keys("img", slice(lo, hi)).T
+    keys = torch.where(present[:, None], F.normalize(raw, dim=-1), F.normalize(model.missing["img"], dim=0))
+    slow = q @ keys.T
     (slow * torch.arange(hi - lo)).sum().backward()
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(grads_fast[0], q.grad)
     torch.testing.assert_close(grads_fast[1], model.missing["img"].grad)
+    queries = {m: torch.randn(4, w) for m, w in model.widths.items()}
+    torch.testing.assert_close(model._fused_logits(queries, lo, hi), sum(model._domain_logits(queries, lo, hi).values()))
 
 
 def test_unknown_modality_and_fusion_rejected(tiny_bundle):

@@ -19,7 +19,10 @@ def openai_server(mode: str, log: Path, delay: float = 0.0, hang: float = 30.0, 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "openai_server.py"), "--mode", mode, "--log", str(log), "--delay", str(delay), "--hang", str(hang)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     try:
         t0 = time.time()

@@ -74,8 +74,7 @@ def register(app: typer.Typer) -> None:
         domains = list(next(iter(groups.values()))[0]["test"]["c2dsr"]["metrics"])
         per_domain = {
             d: [
-                (float(np.mean(v)), float(np.std(v)))
-                for v in ([100 * r["test"]["c2dsr"]["metrics"][d]["MRR"] for r in rs] for rs in groups.values())
+                (float(np.mean(v)), float(np.std(v))) for v in ([100 * r["test"]["c2dsr"]["metrics"][d]["MRR"] for r in rs] for rs in groups.values())
             ]
             for d in domains
         }

@@ -54,9 +54,21 @@ def register(app: typer.Typer) -> None:
         from llmemf.features.llm import enrich as run_enrich
 
         cfg = EnrichConfig(
-            backend=backend, model=model, base_url=base_url, limit=limit, order=order, items=_parse_items(items),
-            concurrency=concurrency, batch_size=batch_size, max_tokens=max_tokens, temperature=temperature,
-            max_retries=max_retries, timeout_s=timeout, cache=cache, threads=threads, progress=progress,
+            backend=backend,
+            model=model,
+            base_url=base_url,
+            limit=limit,
+            order=order,
+            items=_parse_items(items),
+            concurrency=concurrency,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            max_retries=max_retries,
+            timeout_s=timeout,
+            cache=cache,
+            threads=threads,
+            progress=progress,
         )
         if template is not None:
             cfg.template = template.read_text().strip()
@@ -108,9 +120,16 @@ def register(app: typer.Typer) -> None:
         from llmemf.features.embed import embed as run_embed
 
         cfg = EmbedConfig(
-            clip_model=clip_model, clip_pretrained=clip_pretrained, text_encoder=text_encoder, text_model=text_model,
-            features=[f.strip() for f in features.split(",") if f.strip()], batch_size=batch_size, bf16=bf16,
-            threads=threads, force=force, progress=progress,
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            text_encoder=text_encoder,
+            text_model=text_model,
+            features=[f.strip() for f in features.split(",") if f.strip()],
+            batch_size=batch_size,
+            bf16=bf16,
+            threads=threads,
+            force=force,
+            progress=progress,
         )
         cfg.lit.epochs = lit_epochs
         try:

@@ -91,6 +91,7 @@ def _sha(*parts: object) -> str:
 def _texts(items) -> dict[str, list[str | None]]:
     """The text of each item for txt_title (title) and txt_llm (title + LLM text; the title alone
     where the item has no LLM text yet)."""
+
     def clean(v):
         return v.strip() if isinstance(v, str) and v.strip() else None
 
@@ -327,16 +328,20 @@ def _embed_images_lit(root, cfg, encs, paths, shas, n_no_image, texts, title_emb
         pairs = ok & mask
         if pairs.sum() < 2:
             raise ValueError("offline image encoder: fewer than 2 items have both an image and a title; give --clip-model")
-        log(f"  img: no CLIP weights given: fitting the offline LiT image encoder on {int(pairs.sum())} image-title pairs "
-            f"(tiny CNN, {size}px, {cfg.lit.epochs} epochs, text tower {text_enc.name} locked)")
+        log(
+            f"  img: no CLIP weights given: fitting the offline LiT image encoder on {int(pairs.sum())} image-title pairs "
+            f"(tiny CNN, {size}px, {cfg.lit.epochs} epochs, text tower {text_enc.name} locked)"
+        )
         model, stats = train_lit(x[pairs], values[pairs], cfg.lit, log)
         enc_dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)  # a plain state_dict: loads with weights_only=True
         atomic_write_bytes(ckpt, buf.getvalue())
         atomic_write_bytes(stats_file, json.dumps(stats, indent=2).encode())
-        log(f"  img: offline encoder trained in {stats['train_seconds']}s; held-out image->title retrieval "
-            f"r@1={stats.get('val_r@1')} r@10={stats.get('val_r@10')} (chance r@1={stats.get('val_chance_r@1')}); cached at {ckpt}")
+        log(
+            f"  img: offline encoder trained in {stats['train_seconds']}s; held-out image->title retrieval "
+            f"r@1={stats.get('val_r@1')} r@10={stats.get('val_r@10')} (chance r@1={stats.get('val_chance_r@1')}); cached at {ckpt}"
+        )
     t1 = time.perf_counter()
     with torch.inference_mode():
         emb = torch.cat([model(torch.from_numpy(x[s : s + 512])) for s in range(0, len(x), 512)]).numpy()

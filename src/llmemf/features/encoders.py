@@ -175,8 +175,11 @@ class ClipEncoder:
         self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
         self.mean = tuple(pp.get("mean", CLIP_MEAN))
         self.std = tuple(pp.get("std", CLIP_STD))
-        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") and self.model.text_projection is not None
-                       else self.model.encode_text(self.tokenizer(["x"])).shape[1])
+        self.dim = int(
+            self.model.text_projection.shape[1]
+            if hasattr(self.model, "text_projection") and self.model.text_projection is not None
+            else self.model.encode_text(self.tokenizer(["x"])).shape[1]
+        )
         self.context_length = int(getattr(self.tokenizer, "context_length", 77))
         self.name = f"open_clip:{spec.model}" + (f"/{spec.pretrained}" if spec.pretrained and not Path(spec.pretrained).exists() else "")
         self.weights = self._weights_id()

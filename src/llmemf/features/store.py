@@ -81,9 +81,7 @@ def load_feature(dataset_root: str | Path, name: str, n_items: int | None = None
     manifest = read_feature_manifest(dataset_root, name)
     if manifest is None:
         have = sorted(p.stem for p in root.glob("*.json")) if root.exists() else []
-        raise FileNotFoundError(
-            f"{root}/{name}.json: feature {name!r} not found (have: {have or 'none'}); compute it with `llmemf embed`"
-        )
+        raise FileNotFoundError(f"{root}/{name}.json: feature {name!r} not found (have: {have or 'none'}); compute it with `llmemf embed`")
     values = np.load(root / f"{name}.npy", allow_pickle=False)
     mask = np.load(root / f"{name}.mask.npy", allow_pickle=False)
     if values.shape != (manifest.n_items, manifest.dim) or mask.shape != (manifest.n_items,):

@@ -89,6 +89,8 @@ class LLMEMF(Recommender):
         widths = {"id": config.d_id}
         self.feature_info: dict[str, str] = {}
         self.missing = nn.ParameterDict()
+        self.frozen_cols: dict[str, tuple[int, int]] = {}  # modality -> its columns of frozen_keys
+        frozen_parts = []
         root = bundle.dataset.root
         for m, name in (("img", config.img_feature), ("txt", config.txt_feature)):
             if m not in self.modalities:
@@ -96,16 +98,25 @@ class LLMEMF(Recommender):
             if root is None:
                 raise ValueError("LLM-EMF with image/text features needs a dataset loaded from a directory")
             feat = load_feature(root, name, n_items=n)
-            dtype = getattr(torch, config.feature_dtype)
-            values = torch.zeros(n + 1, feat.manifest.dim, dtype=dtype)
-            values[:n] = F.normalize(torch.from_numpy(feat.values.astype("float32")), dim=-1).to(dtype)
             mask = torch.zeros(n + 1, dtype=torch.bool)
             mask[:n] = torch.from_numpy(feat.mask)
-            self.register_buffer(f"{m}_table", values, persistent=False)  # (N+1, d_m) unit rows, frozen
+            values = torch.zeros(n + 1, feat.manifest.dim)
+            values[:n] = F.normalize(torch.from_numpy(feat.values.astype("float32")), dim=-1)
+            values[~mask] = 0.0
+            # Key columns of modality m: the unit feature (zero if absent) and an indicator of "absent".
+            # A query [q, q . unit(missing_m)] against them scores present items by cosine and absent
+            # ones by the shared learned missing vector, in one matmul with no gradient for the keys.
+            start = sum(p.shape[1] for p in frozen_parts)
+            frozen_parts.append(torch.cat([values, (~mask).float()[:, None]], dim=1))
+            self.frozen_cols[m] = (start, start + feat.manifest.dim + 1)
             self.register_buffer(f"{m}_mask", mask, persistent=False)  # (N+1,) has the feature
             self.missing[m] = nn.Parameter(torch.randn(feat.manifest.dim) * 0.02)
             widths[m] = feat.manifest.dim
             self.feature_info[m] = f"{name}: {feat.manifest.encoder} ({feat.manifest.n_present}/{n} items)"
+        dtype = getattr(torch, config.feature_dtype)
+        self.register_buffer(
+            "frozen_keys", torch.cat(frozen_parts, dim=1).to(dtype) if frozen_parts else torch.zeros(n + 1, 0, dtype=dtype), persistent=False
+        )  # (N+1, sum over frozen modalities of d_m + 1)
         self.widths = widths
         if config.cold_id not in ("learned", "neutral"):
             raise ValueError(f"cold_id must be 'learned' or 'neutral', got {config.cold_id!r}")
@@ -114,6 +125,7 @@ class LLMEMF(Recommender):
         if train_ids:
             warm[torch.from_numpy(np.concatenate(train_ids))] = True
         self.register_buffer("warm", warm, persistent=False)  # (N+1,) item occurs in a training sequence
+
         # Per modality, one encoder for each of the sequences X, Y, XY (or one stack of three).
         def encoders(d: int) -> nn.Module:
             args = (d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
@@ -128,11 +140,20 @@ class LLMEMF(Recommender):
         """(N+1, d_m) item vectors of modality m (learned for id; frozen, missing rows learned, otherwise)."""
         if m == "id":
             return self.item_id.weight
-        table = getattr(self, f"{m}_table")
-        return torch.where(getattr(self, f"{m}_mask")[:, None], table, self.missing[m].to(table.dtype))
+        return self.unit_keys(m, slice(None))
 
     def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
-        return F.normalize(self.item_table(m)[ids].float(), dim=-1)
+        """Unit-length item vectors of modality m for ids (any shape) -> (..., d_m)."""
+        if m == "id":
+            return F.normalize(self.item_id.weight[ids], dim=-1)
+        start, end = self.frozen_cols[m]
+        rows = self.frozen_keys[ids, start : end - 1].float()
+        missing = F.normalize(self.missing[m].float(), dim=0)
+        return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, missing)
+
+    def _augmented_query(self, m: str, qm: torch.Tensor) -> torch.Tensor:
+        """(n, d_m) -> (n, d_m + 1): the query and its score for the shared missing vector."""
+        return torch.cat([qm, qm @ F.normalize(self.missing[m].float(), dim=0)[:, None]], dim=-1)
 
     # ---- sequence side -----------------------------------------------------------------------
     def encode(self, batch: Batch, last_only: bool) -> dict[str, torch.Tensor]:
@@ -143,9 +164,8 @@ class LLMEMF(Recommender):
         valid = seqs != self.pad_id
         out = {}
         for m in self.modalities:
-            vectors = self.item_table(m)[seqs]  # (3, B, L, d_m)
-            if m == "id":
-                vectors = vectors * self.config.d_id**0.5
+            # (3, B, L, d_m): ID rows scaled like SASRec's input; frozen rows are unit vectors
+            vectors = self.item_id.weight[seqs] * self.config.d_id**0.5 if m == "id" else self.unit_keys(m, seqs)
             h = self.encoders[m](vectors, valid)  # (3, B, L, d_m)
             out[m] = h[:, :, -1] if last_only else h
         return out
@@ -160,26 +180,32 @@ class LLMEMF(Recommender):
         out = {}
         for m, qm in q.items():
             if candidates is None and m != "id":
-                out[m] = self._frozen_logits(m, qm, lo, hi)
+                start, end = self.frozen_cols[m]
+                keys = self.frozen_keys[lo:hi, start:end]  # (N_d, d_m + 1), no grad
+                out[m] = (self._augmented_query(m, qm).to(keys.dtype) @ keys.T).float()
             elif candidates is None:
-                keys = self.unit_keys(m, slice(lo, hi))  # (N_d, d_m)
-                out[m] = qm @ keys.T
+                out[m] = qm @ self.unit_keys(m, slice(lo, hi)).T
             else:
                 keys = self.unit_keys(m, candidates)  # (n, C, d_m)
                 out[m] = torch.einsum("nd,ncd->nc", qm, keys)
         return out
 
-    def _frozen_logits(self, m: str, qm: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """(n, N_d) logits of a frozen modality. Items without the feature all share one learned key,
-        so their logit is one column q . unit(missing): the (N_d, d_m) key matrix never enters the
-        autograd graph, which saves the backward matmul that would compute a gradient for it."""
-        table = getattr(self, f"{m}_table")[lo:hi]  # (N_d, d_m) unit rows, no grad
-        logits = (qm.to(table.dtype) @ table.T).to(qm.dtype)
-        mask = getattr(self, f"{m}_mask")[lo:hi]
-        if bool(mask.all()):
-            return logits
-        missing = qm @ F.normalize(self.missing[m].float(), dim=0)  # (n,)
-        return torch.where(mask[None], logits, missing[:, None])
+    def _fused_logits(self, q: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+        """(n, N_d) logit-fusion scores over items lo..hi-1: one matmul for all frozen modalities (keys
+        need no gradient) plus an addmm for the ID modality, with no (n, N_d) temporaries to add up."""
+        id_logits_keys = self.unit_keys("id", slice(lo, hi))  # (N_d, d_id)
+        frozen = [m for m in q if m != "id"]
+        if not frozen:
+            return q["id"] @ id_logits_keys.T
+        keys = self.frozen_keys[lo:hi]  # (N_d, D_frozen)
+        query = torch.cat([self._augmented_query(m, q[m]) for m in frozen], dim=-1)  # (n, D_frozen)
+        return torch.addmm((query.to(keys.dtype) @ keys.T).float(), q["id"], id_logits_keys.T)
+
+    def _domain_scores(self, q: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+        """(n, N_d) fused scores (logit fusion) or log mixture probabilities (probability fusion)."""
+        if self.config.fusion == "logits":
+            return self._fused_logits(q, lo, hi)
+        return self._combine(self._domain_logits(q, lo, hi))
 
     def _combine(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
         """Fused score z (logit fusion) or log of the mixture probability (probability fusion)."""
@@ -214,7 +240,7 @@ class LLMEMF(Recommender):
             if self.config.train_negatives:
                 ce = self._sampled_cross_entropy(q, t, lo, hi)
             else:
-                logits = self._combine(self._domain_logits(q, lo, hi))  # (n, N_d)
+                logits = self._domain_scores(q, lo, hi)  # (n, N_d)
                 ce = F.cross_entropy(logits.float(), t - lo, reduction="none")
             w = seq_weight[sel.nonzero()[:, 0]]
             total = total + (ce * w).sum()
@@ -249,8 +275,10 @@ class LLMEMF(Recommender):
                     logits["id"] = torch.where(warm[None], logits["id"], neutral)
                 full = self._combine(logits)
                 return full if candidates is None else full.gather(1, candidates - lo)
+            if candidates is None:
+                return self._fused_logits(mixed, lo, hi)
             return self._combine(self._domain_logits(mixed, lo, hi, candidates))
-        full = sum(seq_weight[s] * self._combine(self._domain_logits({m: qm[s] for m, qm in q.items()}, lo, hi)) for s in range(3))
+        full = sum(seq_weight[s] * self._domain_scores({m: qm[s] for m, qm in q.items()}, lo, hi) for s in range(3))
         return full if candidates is None else full.gather(1, candidates - lo)
 
     def describe_features(self) -> str:
