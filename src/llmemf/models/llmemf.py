@@ -138,18 +138,20 @@ class LLMEMF(Recommender):
     # ---- item side ---------------------------------------------------------------------------
     def item_table(self, m: str) -> torch.Tensor:
         """(N+1, d_m) item vectors of modality m (learned for id; frozen, missing rows learned, otherwise)."""
-        if m == "id":
-            return self.item_id.weight
-        return self.unit_keys(m, slice(None))
+        return self.item_vectors(m, slice(None))
 
-    def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
-        """Unit-length item vectors of modality m for ids (any shape) -> (..., d_m)."""
+    def item_vectors(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
+        """Encoder inputs (..., d_m) for ids: the ID row, or the frozen unit feature, or (absent) the learned
+        missing vector as it is (its direction is what scoring uses; see unit_keys)."""
         if m == "id":
-            return F.normalize(self.item_id.weight[ids], dim=-1)
+            return self.item_id.weight[ids]
         start, end = self.frozen_cols[m]
         rows = self.frozen_keys[ids, start : end - 1].float()
-        missing = F.normalize(self.missing[m].float(), dim=0)
-        return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, missing)
+        return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, self.missing[m].float())
+
+    def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
+        """Unit-length item vectors of modality m for ids (any shape) -> (..., d_m): the scoring keys."""
+        return F.normalize(self.item_vectors(m, ids), dim=-1)
 
     def _augmented_query(self, m: str, qm: torch.Tensor) -> torch.Tensor:
         """(n, d_m) -> (n, d_m + 1): the query and its score for the shared missing vector."""
@@ -165,7 +167,7 @@ class LLMEMF(Recommender):
         out = {}
         for m in self.modalities:
             # (3, B, L, d_m): ID rows scaled like SASRec's input; frozen rows are unit vectors
-            vectors = self.item_id.weight[seqs] * self.config.d_id**0.5 if m == "id" else self.unit_keys(m, seqs)
+            vectors = self.item_vectors(m, seqs) * (self.config.d_id**0.5 if m == "id" else 1.0)
             h = self.encoders[m](vectors, valid)  # (3, B, L, d_m)
             out[m] = h[:, :, -1] if last_only else h
         return out
