@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from llmemf.data.batching import DataBundle
 from llmemf.models.layers import MergedSequenceModel, SequenceEncoder, item_embedding
@@ -22,6 +23,8 @@ class SASRecConfig:
     n_blocks: int = 2  # self-attention blocks
     n_heads: int = 1
     dropout: float = 0.2
+    init: str = "normal"  # "normal": item rows N(0, 1/d), torch defaults elsewhere | "xavier": xavier_normal_ on every matrix
+    # (as SASRec.pytorch does), which makes the item rows ~100x smaller at the start
 
 
 class SASRec(MergedSequenceModel):
@@ -34,6 +37,14 @@ class SASRec(MergedSequenceModel):
         d = config.hidden
         self.item = item_embedding(self.n_items, d, self.pad_id)
         self.encoder = SequenceEncoder(d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
+        if config.init == "xavier":
+            for p in self.parameters():
+                if p.dim() >= 2:
+                    nn.init.xavier_normal_(p)
+            with torch.no_grad():
+                self.item.weight[self.pad_id].zero_()
+        elif config.init != "normal":
+            raise ValueError(f"init must be 'normal' or 'xavier', got {config.init!r}")
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d) states."""
