@@ -1,6 +1,7 @@
 """Cold start: MRR on test targets that never occur in training (cold_items.json of the synthetic
 shop), for finished LLM-EMF runs, with the untrained ID vectors of cold items ("learned", the paper)
-vs a neutral ID score ("neutral": the user's mean ID score over warm items, so image/text rank them).
+vs a neutral ID score ("neutral": the user's mean ID score over warm items, so image/text rank them)
+vs ID vectors predicted from image/text features by ridge regression on the warm items ("content").
 
     .venv/bin/python benchmarks/bench_cold_start.py RUN_DIR [RUN_DIR ...]
 """
@@ -23,7 +24,7 @@ def main() -> None:
         cfg, bundle, model = load_run(run)
         cold = np.asarray(json.loads((Path(cfg.dataset) / "cold_items.json").read_text())["items"])
         ev = Evaluator(bundle, "test", "full")
-        for mode in ("learned", "neutral"):
+        for mode in ("learned", "neutral", "content"):
             model.config.cold_id = mode
             res = ev.evaluate(model)
             sub = ev.restrict(res, cold)

@@ -72,3 +72,18 @@ def test_recommend_rejects_unknown_items(trained_llmemf):
     res = CliRunner().invoke(app, ["recommend", "--checkpoint", str(trained_llmemf), "--history", "I0001,NOPE,9999", "--domain", "X"])
     assert res.exit_code == 2
     assert "NOPE" in res.output and "9999" in res.output
+
+
+def test_recommend_cold_id_modes(trained_llmemf, tiny_dataset):
+    """--cold-id switches how never-trained items are scored; warm items' scores are unchanged by it."""
+    args = ["recommend", "--checkpoint", trained_llmemf, "--history", "I0001,35", "--domain", "Y", "-k", "100", "--json", "--cold-id"]
+    runs = {mode: json.loads(_invoke(*args, mode)) for mode in ("learned", "content")}
+    # k above the domain size: every Y item but the one in the history, never the excluded one
+    assert len(runs["learned"]) == len(runs["content"]) == 39 and 35 not in [r["item_id"] for r in runs["content"]]
+    warm = {int(i) for seq in tiny_dataset.splits["train"]["items"] for i in seq}
+    scores = {mode: {r["item_id"]: r["score"] for r in recs} for mode, recs in runs.items()}
+    for item, score in scores["learned"].items():
+        if item in warm:
+            assert abs(score - scores["content"][item]) < 1e-4
+    res = CliRunner().invoke(app, ["recommend", "--checkpoint", str(trained_llmemf), "--history", "I0001", "--domain", "Y", "--cold-id", "magic"])
+    assert res.exit_code == 2 and "magic" in res.output

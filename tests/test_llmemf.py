@@ -150,3 +150,28 @@ def test_neutral_cold_id_ignores_untrained_id_vectors(tiny_bundle):
     learned.load_state_dict(model.state_dict())
     learned.warm[cold] = False
     assert not torch.allclose(learned.scores(batch, 1)[:, cold - 30], before)
+
+
+def test_content_cold_id_recovers_a_linear_feature_to_id_map(tiny_bundle):
+    """cold_id=content: when warm ID vectors are an exact linear function of the frozen features, the
+    ridge regression (tiny penalty) predicts the cold items' ID vectors; warm rows are left alone, and
+    training mode still uses the learned table."""
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 8, "cold_id": "content", "cold_ridge": 1e-6}, tiny_bundle)
+    feats = torch.cat([model.frozen_keys.float(), torch.ones(model.n_items + 1, 1)], dim=1)
+    true_map = torch.randn(feats.shape[1], 8)
+    cold = torch.zeros(model.n_items + 1, dtype=torch.bool)
+    cold[[3, 40, 41]] = True
+    model.warm.copy_(~cold)
+    model.warm[model.pad_id] = False
+    with torch.no_grad():
+        model.item_id.weight.copy_(feats @ true_map)
+        model.item_id.weight[cold] = 0.0
+    model.eval()
+    imputed = model.item_vectors("id", slice(None))
+    torch.testing.assert_close(imputed[cold], (feats @ true_map)[cold], atol=1e-3, rtol=1e-3)
+    assert torch.equal(imputed[~cold], model.item_id.weight[~cold])
+    model.train()
+    assert torch.equal(model.item_vectors("id", slice(None)), model.item_id.weight)
+    with pytest.raises(ValueError, match="content"):
+        build_model("llmemf", {"modalities": ["id"], "cold_id": "content"}, tiny_bundle)

@@ -132,6 +132,9 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(10, "-k"),
         include_seen: bool = typer.Option(False, help="allow items already in the history"),
         as_json: bool = typer.Option(False, "--json"),
+        cold_id: str | None = typer.Option(
+            None, "--cold-id", help="LLM-EMF: how items never seen in training are scored: learned | neutral | content (see models/llmemf.py)"
+        ),
     ) -> None:
         """Top-k items of the target domain for a history, with titles and scores."""
         from llmemf.serving.recommend import UnknownItemError, resolve_domain, resolve_items
@@ -139,6 +142,11 @@ def register(app: typer.Typer) -> None:
         from llmemf.training.trainer import load_run
 
         _, bundle, model = load_run(checkpoint)
+        if cold_id is not None:
+            if not hasattr(model.config, "cold_id") or cold_id not in ("learned", "neutral", "content"):
+                typer.secho(f"error: --cold-id {cold_id!r} needs an LLM-EMF run and one of learned, neutral, content", fg=typer.colors.RED, err=True)
+                raise typer.Exit(2)
+            model.config.cold_id = cold_id
         try:
             items = resolve_items(bundle, history.split(","))
             dom = resolve_domain(bundle, domain)

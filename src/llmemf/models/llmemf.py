@@ -67,7 +67,10 @@ class LLMEMFConfig:
     # use it. False = three SequenceEncoders: 1.2x faster on CPU in isolation (benchmarks/bench_stacked_encoder.py) but
     # lower demo MRR (their position embeddings start at N(0, 1), the stack's at N(0, 0.02)); not yet reconciled.
     cold_id: str = "learned"  # items never in training: "learned" (their untrained ID vector, the paper) |
-    #                           "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them)
+    #   "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them) |
+    #   "content" (at evaluation, their ID vector is predicted from their image/text features by a ridge
+    #   regression fitted on the warm items' learned ID vectors)
+    cold_ridge: float = 1.0  # L2 penalty of that regression (features are unit vectors)
 
 
 class LLMEMF(Recommender):
@@ -118,8 +121,11 @@ class LLMEMF(Recommender):
             "frozen_keys", torch.cat(frozen_parts, dim=1).to(dtype) if frozen_parts else torch.zeros(n + 1, 0, dtype=dtype), persistent=False
         )  # (N+1, sum over frozen modalities of d_m + 1)
         self.widths = widths
-        if config.cold_id not in ("learned", "neutral"):
-            raise ValueError(f"cold_id must be 'learned' or 'neutral', got {config.cold_id!r}")
+        if config.cold_id not in ("learned", "neutral", "content"):
+            raise ValueError(f"cold_id must be 'learned', 'neutral' or 'content', got {config.cold_id!r}")
+        if config.cold_id == "content" and self.frozen_keys.shape[1] == 0:
+            raise ValueError("cold_id='content' predicts ID vectors from image/text features: enable modality img or txt")
+        self._imputed: tuple[tuple[int, int], torch.Tensor] | None = None  # cache of the content-imputed ID table
         warm = torch.zeros(n + 1, dtype=torch.bool)
         train_ids = [np.asarray(seq, dtype=np.int64) for seq in bundle.dataset.splits["train"]["items"]]
         if train_ids:
@@ -144,10 +150,34 @@ class LLMEMF(Recommender):
         """Encoder inputs (..., d_m) for ids: the ID row, or the frozen unit feature, or (absent) the learned
         missing vector as it is (its direction is what scoring uses; see unit_keys)."""
         if m == "id":
+            if self.config.cold_id == "content" and not self.training:
+                return self._content_imputed_ids()[ids]
             return self.item_id.weight[ids]
         start, end = self.frozen_cols[m]
         rows = self.frozen_keys[ids, start : end - 1].float()
         return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, self.missing[m].float())
+
+    @torch.no_grad()
+    def _content_imputed_ids(self) -> torch.Tensor:
+        """(N+1, d_id) ID table where items never seen in training get the ID vector that a ridge
+        regression from their frozen features (plus a bias) predicts; fitted on the warm items. Cached
+        until the ID weights change (their autograd version counter moves with every optimizer step)."""
+        weight = self.item_id.weight
+        key = (weight._version, weight.data_ptr())
+        if self._imputed is not None and self._imputed[0] == key:
+            return self._imputed[1]
+        feats = torch.cat([self.frozen_keys.float(), torch.ones(len(weight), 1)], dim=1)  # (N+1, D_f + 1)
+        warm = self.warm.clone()
+        warm[self.pad_id] = False
+        x, y = feats[warm], weight[warm].float()
+        gram = x.T @ x + self.config.cold_ridge * torch.eye(x.shape[1])
+        coef = torch.linalg.solve(gram, x.T @ y)  # (D_f + 1, d_id)
+        cold = ~self.warm
+        cold[self.pad_id] = False
+        table = weight.detach().clone()
+        table[cold] = (feats[cold] @ coef).to(table.dtype)
+        self._imputed = (key, table)
+        return table
 
     def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
         """Unit-length item vectors of modality m for ids (any shape) -> (..., d_m): the scoring keys."""

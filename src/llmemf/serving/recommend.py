@@ -67,10 +67,9 @@ def recommend(
     model.eval()
     lo, hi = bundle.domain_range(domain)
     scores = model.scores(history_batch(bundle, history), domain, None)[0].float()  # (n_domain,)
-    if exclude_seen:
-        seen = [i - lo for i in history if lo <= i < hi]
-        scores[seen] = -torch.inf
-    top = torch.topk(scores, min(k, hi - lo))
+    seen = sorted({i - lo for i in history if lo <= i < hi}) if exclude_seen else []
+    scores[seen] = -torch.inf
+    top = torch.topk(scores, min(k, hi - lo - len(seen)))  # never pad the list with excluded items
     items = bundle.dataset.items
     out = []
     for s, local in zip(top.values.tolist(), top.indices.tolist(), strict=True):
