@@ -55,7 +55,7 @@ def test_local_clip_checkpoint_chunking_masks_and_cache(tmp_path, tiny_clip_dir)
     long_text = " ".join(f"word{i}" for i in range(150))  # ~450 BPE tokens: several 77-token chunks
     ds.items["llm_text"] = [long_text] + [None] * 11
     ds.save_items()
-    cfg = EmbedConfig(clip_model=f"local-dir:{d}", progress=False)
+    cfg = EmbedConfig(clip_model=f"local-dir:{d}", progress=False, batch_size=4)  # 3 image batches, decoded ahead
     logs: list[str] = []
     res = embed(tmp_path / "ds", cfg, log=logs.append)
     assert sorted(res.written) == ["img", "txt_llm", "txt_title"]
@@ -65,9 +65,10 @@ def test_local_clip_checkpoint_chunking_masks_and_cache(tmp_path, tiny_clip_dir)
     assert img.mask.tolist() == [i not in (5, 6) for i in range(12)]  # missing + corrupt files are masked rows
     assert img.manifest.notes["missing_images"] == 1 and img.manifest.notes["corrupt_images"] == 1
     # The loaded weights are the saved ones: same embedding as the in-memory reference model.
-    x = torch.from_numpy(clip_preprocess(Image.open(tmp_path / "ds/images/0.png"), 32))[None]
-    want = F.normalize(ref.encode_image(x), dim=-1)[0].detach().numpy()
-    np.testing.assert_allclose(img.values[0].astype(np.float32), want, atol=2e-3)
+    for i in (0, 11):  # first and last batch: rows stay aligned with their items
+        x = torch.from_numpy(clip_preprocess(Image.open(tmp_path / f"ds/images/{i}.png"), 32))[None]
+        want = F.normalize(ref.encode_image(x), dim=-1)[0].detach().numpy()
+        np.testing.assert_allclose(img.values[i].astype(np.float32), want, atol=2e-3)
     # The long text was chunked (never silently truncated) and its embedding is the chunks' mean direction.
     txt = load_feature(tmp_path / "ds", "txt_llm")
     assert txt.manifest.notes["chunked_texts"] == 1 and any("chunked" in line for line in logs)

@@ -190,24 +190,35 @@ def _image_inputs(dataset_root: Path, items) -> tuple[list[Path | None], list[st
 
 
 def _encode_images_batched(paths, size: int, forward, cfg: EmbedConfig, dim: int, timings: dict, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Decode + preprocess a batch in threads, then one forward pass per batch."""
+    """Decode + preprocess batches in threads, one forward pass per batch; the next batch is decoded
+    while the current one runs through the model (PIL releases the GIL), so decoding hides behind it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     n = len(paths)
     out = np.zeros((n, dim), np.float32)
     ok_all = np.zeros(n, dtype=bool)
     todo = [i for i, p in enumerate(paths) if p is not None]
-    for s in tqdm(range(0, len(todo), cfg.batch_size), disable=not cfg.progress, desc=desc, unit="batch", dynamic_ncols=True):
+    starts = range(0, len(todo), cfg.batch_size)
+
+    def decode(s: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         idx = todo[s : s + cfg.batch_size]
-        t0 = time.perf_counter()
-        x, ok = load_images([paths[i] for i in idx], size, cfg.io_threads)
-        t1 = time.perf_counter()
-        good = np.asarray(idx)[ok]
-        if len(good):
-            out[good] = forward(torch.from_numpy(x[ok])).numpy()
-            ok_all[good] = True
-        timings["preprocess_img"] = timings.get("preprocess_img", 0.0) + t1 - t0
-        timings["forward_img"] = timings.get("forward_img", 0.0) + time.perf_counter() - t1
+        return (idx, *load_images([paths[i] for i in idx], size, cfg.io_threads))
+
+    with ThreadPoolExecutor(max_workers=1) as prefetcher:
+        pending = prefetcher.submit(decode, starts[0]) if len(starts) else None
+        for k in tqdm(range(len(starts)), disable=not cfg.progress, desc=desc, unit="batch", dynamic_ncols=True):
+            t0 = time.perf_counter()
+            idx, x, ok = pending.result()
+            pending = prefetcher.submit(decode, starts[k + 1]) if k + 1 < len(starts) else None
+            t1 = time.perf_counter()  # time spent waiting for decoding that did not hide behind the forward
+            good = np.asarray(idx)[ok]
+            if len(good):
+                out[good] = forward(torch.from_numpy(x[ok])).numpy()
+                ok_all[good] = True
+            timings["preprocess_img"] = timings.get("preprocess_img", 0.0) + t1 - t0
+            timings["forward_img"] = timings.get("forward_img", 0.0) + time.perf_counter() - t1
     return out, ok_all
 
 
