@@ -23,8 +23,9 @@ class SASRecConfig:
     n_blocks: int = 2  # self-attention blocks
     n_heads: int = 1
     dropout: float = 0.2
-    init: str = "normal"  # "normal": item rows N(0, 1/d), torch defaults elsewhere | "xavier": xavier_normal_ on every matrix
-    # (as SASRec.pytorch does), which makes the item rows ~100x smaller at the start
+    init: str = "xavier"  # "xavier": xavier_normal_ on every matrix, as SASRec.pytorch does (item rows start ~10x smaller
+    # than 1/sqrt(d), so Adam moves them fast: on Food-Kitchen validation MRR 7.76 / 4.36 after one epoch vs 5.77 / 2.39,
+    # best 10.58 / 5.79 at epoch 7 vs 10.38 / 5.18 at epoch 10) | "normal": item rows N(0, 1/d), torch defaults elsewhere
 
 
 class SASRec(MergedSequenceModel):
