@@ -30,3 +30,17 @@ def test_model_interface(name, tiny_bundle):
         assert sub.shape == (ev.size, 5)
         # The two call shapes agree on the same items.
         torch.testing.assert_close(sub, full.gather(1, cand - lo), rtol=1e-4, atol=1e-4)
+
+
+def test_sasrec_init_modes(tiny_bundle):
+    """xavier (default): item rows with std sqrt(2 / (rows + d)), smaller than normal's 1/sqrt(d) and far smaller
+    on a real catalogue; pad row zero; bad names rejected."""
+    torch.manual_seed(0)
+    xavier = build_model("sasrec", {"hidden": 16}, tiny_bundle)
+    normal = build_model("sasrec", {"hidden": 16, "init": "normal"}, tiny_bundle)
+    rows = xavier.item.weight.shape[0]
+    assert abs(float(xavier.item.weight[:-1].std()) - (2 / (rows + 16)) ** 0.5) < 0.03
+    assert abs(float(normal.item.weight[:-1].std()) - 16**-0.5) < 0.03
+    assert not xavier.item.weight[xavier.pad_id].any()
+    with pytest.raises(ValueError, match="init"):
+        build_model("sasrec", {"init": "kaiming"}, tiny_bundle)
