@@ -14,9 +14,11 @@ Reconstructed from the paper as written out in shared/spec/METHOD.md:
   predict    target domain T, source S:  z_T + gamma_S z_S + gamma_XY z_XY over T's items
 
 Implementation notes (why it is fast): with logit fusion, the fused score of all modalities is a
-single dot product of concatenated, normalised, weighted vectors, so each (sequence, domain) pair
-costs one matmul with the frozen part kept out of the weight gradient. Items lacking a feature use
-a learned per-modality "missing" vector.
+dot product of concatenated, normalised, weighted vectors. The frozen modalities share one key
+matrix ``frozen_keys`` (unit feature, zero if absent, plus an "absent" indicator column per
+modality), so per (sequence batch, domain) the scores are one matmul against keys that need no
+gradient plus one addmm for the learned ID keys. Items lacking a feature score through the
+indicator column against a learned per-modality "missing" vector.
 """
 
 from __future__ import annotations
