@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from llmemf.evaluation.protocols import Evaluator
+from llmemf.models.llmemf import COLD_ID_MODES
 from llmemf.training.trainer import load_run
 
 
@@ -24,8 +25,10 @@ def main() -> None:
         cfg, bundle, model = load_run(run)
         cold = np.asarray(json.loads((Path(cfg.dataset) / "cold_items.json").read_text())["items"])
         ev = Evaluator(bundle, "test", "full")
-        for mode in ("learned", "neutral", "content"):
-            model.config.cold_id = mode
+        for mode in COLD_ID_MODES:
+            if mode == "content" and model.frozen_keys.shape[1] == 0:
+                continue  # an ID-only run has no features to predict ID vectors from
+            model.set_cold_id(mode)
             res = ev.evaluate(model)
             sub = ev.restrict(res, cold)
             fmt = lambda r: " / ".join(f"{100 * m['MRR']:.2f}" for m in r.metrics.values())  # noqa: E731

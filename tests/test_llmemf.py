@@ -171,6 +171,9 @@ def test_content_cold_id_recovers_a_linear_feature_to_id_map(tiny_bundle):
     imputed = model.item_vectors("id", slice(None))
     torch.testing.assert_close(imputed[cold], (feats @ true_map)[cold], atol=1e-3, rtol=1e-3)
     assert torch.equal(imputed[~cold], model.item_id.weight[~cold])
+    model._imputed = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # evaluation under train.bf16: the regression stays fp32
+        torch.testing.assert_close(model.item_vectors("id", slice(None)), imputed)
     model.train()
     assert torch.equal(model.item_vectors("id", slice(None)), model.item_id.weight)
     with pytest.raises(ValueError, match="content"):

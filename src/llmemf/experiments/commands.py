@@ -143,10 +143,15 @@ def register(app: typer.Typer) -> None:
 
         _, bundle, model = load_run(checkpoint)
         if cold_id is not None:
-            if not hasattr(model.config, "cold_id") or cold_id not in ("learned", "neutral", "content"):
-                typer.secho(f"error: --cold-id {cold_id!r} needs an LLM-EMF run and one of learned, neutral, content", fg=typer.colors.RED, err=True)
-                raise typer.Exit(2)
-            model.config.cold_id = cold_id
+            from llmemf.models.llmemf import LLMEMF
+
+            try:
+                if not isinstance(model, LLMEMF):
+                    raise ValueError("--cold-id needs an LLM-EMF run")
+                model.set_cold_id(cold_id)
+            except ValueError as e:
+                typer.secho(f"error: --cold-id {cold_id!r}: {e}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(2) from None
         try:
             items = resolve_items(bundle, history.split(","))
             dom = resolve_domain(bundle, domain)

@@ -37,6 +37,7 @@ from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder
 
 MODALITIES = ("id", "img", "txt")
 SEQUENCES = ("x", "y", "xy")
+COLD_ID_MODES = ("learned", "neutral", "content")
 
 
 class SeparateEncoders(nn.ModuleList):
@@ -123,11 +124,8 @@ class LLMEMF(Recommender):
             "frozen_keys", torch.cat(frozen_parts, dim=1).to(dtype) if frozen_parts else torch.zeros(n + 1, 0, dtype=dtype), persistent=False
         )  # (N+1, sum over frozen modalities of d_m + 1)
         self.widths = widths
-        if config.cold_id not in ("learned", "neutral", "content"):
-            raise ValueError(f"cold_id must be 'learned', 'neutral' or 'content', got {config.cold_id!r}")
-        if config.cold_id == "content" and self.frozen_keys.shape[1] == 0:
-            raise ValueError("cold_id='content' predicts ID vectors from image/text features: enable modality img or txt")
-        self._imputed: tuple[tuple[int, int], torch.Tensor] | None = None  # cache of the content-imputed ID table
+        self.set_cold_id(config.cold_id)
+        self._imputed: tuple[tuple, torch.Tensor] | None = None  # cache of the content-imputed ID table
         warm = torch.zeros(n + 1, dtype=torch.bool)
         train_ids = [np.asarray(seq, dtype=np.int64) for seq in bundle.dataset.splits["train"]["items"]]
         if train_ids:
@@ -142,6 +140,15 @@ class LLMEMF(Recommender):
             return SeparateEncoders([SequenceEncoder(*args) for _ in SEQUENCES])
 
         self.encoders = nn.ModuleDict({m: encoders(widths[m]) for m in self.modalities})
+
+    def set_cold_id(self, mode: str) -> None:
+        """Choose how items never seen in training are scored (see LLMEMFConfig.cold_id); also usable on a
+        trained model, e.g. at serving time."""
+        if mode not in COLD_ID_MODES:
+            raise ValueError(f"cold_id must be one of {', '.join(COLD_ID_MODES)}, got {mode!r}")
+        if mode == "content" and self.frozen_keys.shape[1] == 0:
+            raise ValueError("cold_id='content' predicts ID vectors from image/text features: enable modality img or txt")
+        self.config.cold_id = mode
 
     # ---- item side ---------------------------------------------------------------------------
     def item_table(self, m: str) -> torch.Tensor:
@@ -165,19 +172,20 @@ class LLMEMF(Recommender):
         regression from their frozen features (plus a bias) predicts; fitted on the warm items. Cached
         until the ID weights change (their autograd version counter moves with every optimizer step)."""
         weight = self.item_id.weight
-        key = (weight._version, weight.data_ptr())
+        key = (weight._version, weight.data_ptr(), self.config.cold_ridge)
         if self._imputed is not None and self._imputed[0] == key:
             return self._imputed[1]
         feats = torch.cat([self.frozen_keys.float(), torch.ones(len(weight), 1)], dim=1)  # (N+1, D_f + 1)
         warm = self.warm.clone()
         warm[self.pad_id] = False
-        x, y = feats[warm], weight[warm].float()
-        gram = x.T @ x + self.config.cold_ridge * torch.eye(x.shape[1])
-        coef = torch.linalg.solve(gram, x.T @ y)  # (D_f + 1, d_id)
         cold = ~self.warm
         cold[self.pad_id] = False
         table = weight.detach().clone()
-        table[cold] = (feats[cold] @ coef).to(table.dtype)
+        with torch.autocast(weight.device.type, enabled=False):  # a bf16 Gram matrix would spoil the solve
+            x, y = feats[warm], weight[warm].float()
+            gram = x.T @ x + self.config.cold_ridge * torch.eye(x.shape[1])
+            coef = torch.linalg.solve(gram, x.T @ y)  # (D_f + 1, d_id)
+            table[cold] = (feats[cold] @ coef).to(table.dtype)
         self._imputed = (key, table)
         return table
 
@@ -227,13 +235,13 @@ class LLMEMF(Recommender):
     def _fused_logits(self, q: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
         """(n, N_d) logit-fusion scores over items lo..hi-1: one matmul for all frozen modalities (keys
         need no gradient) plus an addmm for the ID modality, with no (n, N_d) temporaries to add up."""
-        id_logits_keys = self.unit_keys("id", slice(lo, hi))  # (N_d, d_id)
+        id_keys = self.unit_keys("id", slice(lo, hi))  # (N_d, d_id)
         frozen = [m for m in q if m != "id"]
         if not frozen:
-            return q["id"] @ id_logits_keys.T
+            return q["id"] @ id_keys.T
         keys = self.frozen_keys[lo:hi]  # (N_d, D_frozen)
         query = torch.cat([self._augmented_query(m, q[m]) for m in frozen], dim=-1)  # (n, D_frozen)
-        return torch.addmm((query.to(keys.dtype) @ keys.T).float(), q["id"], id_logits_keys.T)
+        return torch.addmm((query.to(keys.dtype) @ keys.T).float(), q["id"], id_keys.T)
 
     def _domain_scores(self, q: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
         """(n, N_d) fused scores (logit fusion) or log mixture probabilities (probability fusion)."""

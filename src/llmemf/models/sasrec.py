@@ -35,6 +35,8 @@ class SASRec(MergedSequenceModel):
 
     def __init__(self, config: SASRecConfig, bundle: DataBundle):
         super().__init__(config, bundle)
+        if config.init not in ("xavier", "normal"):
+            raise ValueError(f"init must be 'normal' or 'xavier', got {config.init!r}")
         d = config.hidden
         self.item = item_embedding(self.n_items, d, self.pad_id)
         self.encoder = SequenceEncoder(d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
@@ -44,8 +46,6 @@ class SASRec(MergedSequenceModel):
                     nn.init.xavier_normal_(p)
             with torch.no_grad():
                 self.item.weight[self.pad_id].zero_()
-        elif config.init != "normal":
-            raise ValueError(f"init must be 'normal' or 'xavier', got {config.init!r}")
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d) states."""
