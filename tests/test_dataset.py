@@ -87,3 +87,33 @@ def test_prepare_c2dsr_cli_with_items(tmp_path):
     assert ds.items.loc[1, "title"] == "The Film"
     assert ds.items["title"].notna().sum() == 1  # empty title stays null, unknown ASIN ignored
     assert np.array_equal(ds.splits["test"]["target"].to_numpy(), [6])
+
+
+def test_popular_subset_keeps_splits_and_renumbers(tmp_path, make_tiny):
+    from llmemf.data.subset import popular_subset, train_item_counts
+
+    ds = make_tiny()
+    ds.save(tmp_path / "full")
+    counts = train_item_counts(ds)
+    res = CliRunner().invoke(app, ["prepare", "subset", str(tmp_path / "full"), str(tmp_path / "sub"), "--top-items", "8"])
+    assert res.exit_code == 0, res.output
+    sub = Dataset.load(tmp_path / "sub")
+    assert [d.n_items for d in sub.manifest.domains] == [8, 8] and sub.manifest.domains[1].offset == 8
+    # the kept items are the most frequent of their domain, and keep their metadata
+    old_of_new = {row.item_id: int(row.original_id[1:]) for row in sub.items.itertuples()}
+    for d, (lo, hi) in enumerate(((0, 30), (30, 70))):
+        kept = sorted(old for new, old in old_of_new.items() if sub.items.domain[new] == d)
+        assert min(counts[kept]) >= max(np.delete(counts[lo:hi], [k - lo for k in kept]))
+    assert all(sub.items.title[n] == f"item {o} of {'X' if o < 30 else 'Y'}" for n, o in old_of_new.items())
+    # every surviving line is the old line with the dropped items removed
+    kept_old = set(old_of_new.values())
+    new_of_old = {o: n for n, o in old_of_new.items()}
+    old_test = ds.splits["test"].set_index("user")
+    assert 0 < len(sub.splits["test"]) <= len(old_test)
+    for rec in sub.splits["test"].to_dict("records"):
+        old = old_test.loc[rec["user"]]
+        assert rec["target"] == new_of_old[old["target"]]
+        assert list(rec["items"]) == [new_of_old[i] for i in old["items"] if i in kept_old]
+    assert all(len(s) >= 2 for s in sub.splits["train"]["items"])
+    with pytest.raises(DatasetError, match="at least 1"):
+        popular_subset(ds, 0)

@@ -103,6 +103,25 @@ def prepare_log(
     _summarise_dataset(ds, out)
 
 
+@prepare_app.command("subset")
+def prepare_subset(
+    dataset: Path = typer.Argument(..., help="an existing dataset directory"),
+    out: Path = typer.Argument(..., help="output dataset directory"),
+    top_items: int = typer.Option(..., "--top-items", help="keep this many of each domain's most frequent training items"),
+) -> None:
+    """Cut a dataset down to each domain's most popular items, keeping its users, splits and protocol."""
+    from llmemf.data.dataset import Dataset, DatasetError
+    from llmemf.data.subset import popular_subset
+
+    try:
+        ds = popular_subset(Dataset.load(dataset), top_items)
+        ds.save(out)
+    except (DatasetError, FileNotFoundError) as e:
+        _fail(str(e))
+    _summarise_dataset(ds, out)
+    typer.echo("  feature files are not carried over: run `llmemf embed` on the subset")
+
+
 @app.command()
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config"),
