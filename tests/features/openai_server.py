@@ -72,6 +72,7 @@ def main() -> None:
             if args.mode == "smollm2":
                 with lock:  # one generation at a time: the model is not thread-safe
                     backend.cfg.max_tokens = int(req.get("max_tokens") or 16)
+                    backend.cfg.repetition_penalty = float(req.get("repetition_penalty") or 1.0)  # vLLM's extension field
                     gen = backend.generate([prompt])[0]
                 text, tokens = gen.text, gen.completion_tokens
             else:

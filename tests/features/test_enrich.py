@@ -29,6 +29,9 @@ def test_prompt_is_the_papers_and_reasoning_is_dropped():
     assert strip_reasoning("reasoning here</think>Answer") == "Answer"
     assert strip_reasoning("Answer <think>unfinished") == "Answer"
     assert cache_key("openai", "m", "p", {"t": 0}) != cache_key("openai", "m", "p", {"t": 1})
+    # the repetition penalty joins the key only when set, so caches written before it existed still hit
+    assert "repetition_penalty" not in EnrichConfig().sampling()
+    assert EnrichConfig(repetition_penalty=1.2).sampling()["repetition_penalty"] == 1.2
 
 
 def test_smollm2_server_answers_the_client(tmp_path, monkeypatch):
@@ -36,7 +39,7 @@ def test_smollm2_server_answers_the_client(tmp_path, monkeypatch):
     make_image_dataset(tmp_path / "ds", n_x=1, n_y=1)
     log = tmp_path / "server.log"
     with openai_server("smollm2", log) as url:
-        cfg = EnrichConfig(backend="openai", base_url=url, model="smollm2", max_tokens=12, progress=False)
+        cfg = EnrichConfig(backend="openai", base_url=url, model="smollm2", max_tokens=12, repetition_penalty=1.2, progress=False)
         res = enrich(tmp_path / "ds", cfg, log=lambda s: None)
         assert (res.n_generated, res.n_failed, res.calls) == (2, 0, 2)
         texts = pq.read_table(tmp_path / "ds/items.parquet").to_pandas()["llm_text"]

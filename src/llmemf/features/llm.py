@@ -50,6 +50,9 @@ class EnrichConfig:
     max_tokens: int = 96  # generation length cap (the paper's texts are a paragraph)
     temperature: float = 0.0  # 0 = greedy: the same prompt gives the same text, so caching is exact
     top_p: float = 1.0
+    # >1 discourages repeating tokens (HF generate's penalty; sent to OpenAI-compatible servers as the
+    # vLLM extension field). Greedy decoding of a small model loops without it.
+    repetition_penalty: float = 1.0
     concurrency: int = 8  # requests in flight (openai backend)
     max_retries: int = 4  # SDK retries per request on 408/409/429/5xx/timeouts, exponential backoff
     timeout_s: float = 60.0  # per-request timeout (openai backend)
@@ -64,7 +67,10 @@ class EnrichConfig:
 
     def sampling(self) -> dict:
         """The parameters that change the output: part of the cache key."""
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        params = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        if self.repetition_penalty != 1.0:  # only when set, so that caches written before it existed stay valid
+            params["repetition_penalty"] = self.repetition_penalty
+        return params
 
 
 # ---- cache -----------------------------------------------------------------------------------------
@@ -191,6 +197,7 @@ class LocalBackend:
                 temperature=self.cfg.temperature if sample else None,
                 top_p=self.cfg.top_p if sample else None,
                 top_k=None,
+                repetition_penalty=self.cfg.repetition_penalty,
                 pad_token_id=self.tok.pad_token_id,
             )
         secs = (time.perf_counter() - t0) / len(prompts)
@@ -228,6 +235,7 @@ class OpenAIBackend:
             max_tokens=self.cfg.max_tokens,
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,
+            extra_body={"repetition_penalty": self.cfg.repetition_penalty} if self.cfg.repetition_penalty != 1.0 else None,
         )
         choices = getattr(resp, "choices", None)
         if not choices:
