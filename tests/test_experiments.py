@@ -30,6 +30,15 @@ def test_ablate_prints_six_configurations_and_chart(tiny_dataset, tmp_path):
     assert "- id" in cfg and "- img" not in cfg
 
 
+def test_ablate_rows_subset_for_a_dataset_without_images(tiny_dataset, tmp_path):
+    out = tmp_path / "ab"
+    text = _invoke("ablate", "--dataset", tiny_dataset.root, "--rows", "1,3", "--out", out, *FAST)
+    assert "original framework (ID only)" in text and "+ textual + LLM-enhanced" in text and "visual" not in text
+    assert sorted(p.name[:2] for p in out.iterdir() if p.is_dir()) == ["0_", "2_"]
+    res = CliRunner().invoke(app, ["ablate", "--dataset", str(tiny_dataset.root), "--rows", "1,7", "--out", str(out)])
+    assert res.exit_code == 2 and "1..6" in res.output
+
+
 def test_tune_grid_and_report(tiny_dataset, tmp_path):
     out = tmp_path / "tune"
     text = _invoke(

@@ -49,16 +49,22 @@ def register(app: typer.Typer) -> None:
     def ablate(
         dataset: Path = typer.Option(..., "--dataset", "-d"),
         seeds: str = typer.Option("42", help="comma-separated seeds; mean ± std over them"),
+        rows: str = typer.Option("", help="which rows of table 4, e.g. 1,2,3 for a dataset without images (default all six)"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/ablate"),
         overrides: list[str] = typer.Argument(None, help="key=value overrides for every configuration"),
     ) -> None:
         """The paper's table 4: six LLM-EMF configurations, same seeds, MRR per domain, both protocols."""
+        from llmemf.experiments.runner import ABLATIONS
         from llmemf.experiments.runner import ablate as run_ablate
         from llmemf.reporting.plots import ablation_chart
 
         out = out or Path("runs") / dataset.name / "ablate"
         seed_list = [int(s) for s in seeds.split(",")]
-        groups = run_ablate(dataset, out, seed_list, list(overrides or []), log=typer.echo)
+        row_list = [int(r) for r in rows.split(",") if r.strip().isdigit()]
+        if len(row_list) != len([r for r in rows.split(",") if r.strip()]) or any(not 1 <= r <= len(ABLATIONS) for r in row_list):
+            typer.secho(f"error: --rows takes numbers 1..{len(ABLATIONS)} separated by commas, got {rows!r}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        groups = run_ablate(dataset, out, seed_list, list(overrides or []), log=typer.echo, rows=row_list)
         texts = []
         for proto in ("c2dsr", "full"):
             header, rows = mean_std_rows(groups, "test", proto)

@@ -66,10 +66,18 @@ def compare(dataset: Path, models: list[str], out: Path, overrides: list[str], l
     return results
 
 
-def ablate(dataset: Path, out: Path, seeds: list[int], overrides: list[str], log: Callable[[str], None] = print) -> dict[str, list[dict]]:
+def ablate(
+    dataset: Path, out: Path, seeds: list[int], overrides: list[str], log: Callable[[str], None] = print, rows: list[int] | None = None
+) -> dict[str, list[dict]]:
+    """Train the table-4 configurations (``rows``: 1-based row numbers, default all six)."""
+    rows = rows or list(range(1, len(ABLATIONS) + 1))
+    if bad := [r for r in rows if not 1 <= r <= len(ABLATIONS)]:
+        raise ValueError(f"ablation rows are 1..{len(ABLATIONS)}, got {bad}")
     bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
     groups: dict[str, list[dict]] = {}
     for k, (label, ab) in enumerate(ABLATIONS.items()):
+        if k + 1 not in rows:
+            continue
         groups[label] = []
         for seed in seeds:
             log(f"[{label}] seed {seed}")
