@@ -41,6 +41,26 @@ def test_sasrec_learns_and_beats_pop(tiny_dataset, tiny_bundle, tmp_path):
     assert cfg.model_name == "sasrec" and not model.training
 
 
+def test_bf16_training_is_the_models_choice_and_evaluation_stays_fp32(tiny_dataset, tiny_bundle, tmp_path):
+    from llmemf.training.trainer import cpu_has_native_bf16, evaluate_all
+
+    quiet = lambda *_: None  # noqa: E731
+    emf = _cfg(tiny_dataset.root, tmp_path / "e", "model.name=llmemf", "model.d_id=16", "model.n_blocks=1", "train.epochs=2")
+    train(emf, tiny_bundle, log=quiet)
+    sas = _cfg(tiny_dataset.root, tmp_path / "s", "model.hidden=16", "train.epochs=1")
+    train(sas, tiny_bundle, log=quiet)
+    forced = _cfg(tiny_dataset.root, tmp_path / "f", "model.hidden=16", "train.epochs=1", "train.bf16=true")
+    train(forced, tiny_bundle, log=quiet)
+    flag = lambda run: json.loads((tmp_path / run / "results.json").read_text())["train_bf16"]  # noqa: E731
+    assert flag("e") is cpu_has_native_bf16() and flag("s") is False and flag("f") is True
+    # the reported test metrics are those of an fp32 evaluation of the saved weights
+    _, _, model = load_run(tmp_path / "e", bundle=tiny_bundle)
+    fp32 = evaluate_all(model, emf, tiny_bundle, "test")
+    reported = json.loads((tmp_path / "e" / "results.json").read_text())["test"]
+    for proto in ("c2dsr", "full"):
+        assert reported[proto]["metrics"] == fp32[proto].to_dict()["metrics"]
+
+
 def test_early_stopping_patience(tiny_dataset, tiny_bundle, tmp_path):
     # lr=0: the model never changes, so validation never improves after epoch 1.
     cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=20", "train.patience=3", "train.lr=0.0", "model.hidden=32")

@@ -24,6 +24,7 @@ from llmemf.data.batching import Batch, DataBundle
 class Recommender(nn.Module):
     Config: ClassVar[type]  # the model's config dataclass
     trainable: ClassVar[bool] = True  # False: fit() is all the training it needs
+    prefers_bf16: ClassVar[bool] = False  # train.bf16 unset: train in bf16 autocast where the CPU has native bf16
     reference: ClassVar[str] = ""  # paper reference, for `llmemf models`
     summary: ClassVar[str] = ""  # one line
 

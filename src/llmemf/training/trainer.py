@@ -74,8 +74,22 @@ def _evaluators(cfg: RunConfig, bundle: DataBundle, split: str) -> dict[str, Eva
     return {p: Evaluator(bundle, split, p, e.n_negatives, e.seed, e.ties, e.batch_size) for p in e.protocols}
 
 
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def train_in_bf16(cfg: RunConfig, model: Recommender) -> bool:
+    """train.bf16 if set, else the model's preference where the CPU computes bf16 natively (elsewhere
+    bf16 autocast is emulated and slower)."""
+    if cfg.device != "cpu":
+        return False
+    if cfg.train.bf16 is not None:
+        return bool(cfg.train.bf16)
+    return model.prefers_bf16 and cpu_has_native_bf16()
+
+
 def evaluate_all(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str) -> dict[str, EvalResult]:
-    return {p: ev.evaluate(model, cfg.device, cfg.train.bf16) for p, ev in _evaluators(cfg, bundle, split).items()}
+    return {p: ev.evaluate(model, cfg.device, cfg.eval.bf16) for p, ev in _evaluators(cfg, bundle, split).items()}
 
 
 def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str) -> dict[str, dict] | None:
@@ -87,7 +101,7 @@ def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, sp
     cold = np.asarray(json.loads((Path(root) / "cold_items.json").read_text())["items"], dtype=np.int64)
     out = {}
     for p, ev in _evaluators(cfg, bundle, split).items():
-        out[p] = ev.restrict(ev.evaluate(model, cfg.device, cfg.train.bf16), cold).to_dict()
+        out[p] = ev.restrict(ev.evaluate(model, cfg.device, cfg.eval.bf16), cold).to_dict()
     return out
 
 
@@ -139,7 +153,9 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     epoch_seconds: list[float] = []
     best_epoch = -1
 
+    use_bf16 = model.trainable and train_in_bf16(cfg, model)
     if model.trainable:
+        log(f"training steps in {'bf16 autocast' if use_bf16 else 'fp32'}; evaluation in {'bf16 autocast' if cfg.eval.bf16 else 'fp32'}")
         opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         start_epoch, best, bad_epochs = 0, -math.inf, 0
         last_path = run_dir / "last.pt"
@@ -170,7 +186,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             )
             for batch in bar:
                 batch = batch.to(cfg.device)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16 and cfg.device == "cpu"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                     loss = model.loss(batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{cfg.model_name}: non-finite loss at epoch {epoch + 1}")
@@ -183,7 +199,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             train_s = time.perf_counter() - t0
             epoch_seconds.append(train_s)
-            val = select.evaluate(model, cfg.device, cfg.train.bf16)
+            val = select.evaluate(model, cfg.device, cfg.eval.bf16)
             mrr = val.mean_mrr()
             improved = mrr > best
             if improved:
@@ -229,6 +245,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             "best_epoch": best_epoch,
             "epochs_run": len(epoch_seconds),
             "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else 0.0,
+            "train_bf16": use_bf16,
             "peak_rss_mib": peak_rss_mib(),
             "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "valid": {p: r.to_dict() for p, r in valid.items()},
