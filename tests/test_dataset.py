@@ -90,7 +90,8 @@ def test_prepare_c2dsr_cli_with_items(tmp_path):
 
 
 def test_popular_subset_keeps_splits_and_renumbers(tmp_path, make_tiny):
-    from llmemf.data.subset import popular_subset, train_item_counts
+    from llmemf.data.dataset import train_item_counts
+    from llmemf.data.subset import popular_subset
 
     ds = make_tiny()
     ds.save(tmp_path / "full")

@@ -243,6 +243,12 @@ class Dataset:
         return ds
 
 
+def train_item_counts(ds: Dataset) -> np.ndarray:
+    """(n_items,) occurrences of every item in the training sequences."""
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in ds.splits["train"]["items"]] or [np.zeros(0, np.int64)])
+    return np.bincount(flat, minlength=ds.n_items)
+
+
 def make_items_frame(domain_sizes: list[int], original_ids: list[str] | None = None) -> pd.DataFrame:
     """An items table with only ids and domains filled; metadata columns are null."""
     n = sum(domain_sizes)

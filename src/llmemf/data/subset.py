@@ -12,13 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from llmemf.data.dataset import Dataset, DatasetError, DomainInfo, Manifest
-
-
-def train_item_counts(ds: Dataset) -> np.ndarray:
-    """(n_items,) occurrences of every item in the training sequences."""
-    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in ds.splits["train"]["items"]] or [np.zeros(0, np.int64)])
-    return np.bincount(flat, minlength=ds.n_items)
+from llmemf.data.dataset import Dataset, DatasetError, DomainInfo, Manifest, train_item_counts
 
 
 def popular_subset(ds: Dataset, top_per_domain: int) -> Dataset:

@@ -54,16 +54,17 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, help="key=value overrides for every configuration"),
     ) -> None:
         """The paper's table 4: six LLM-EMF configurations, same seeds, MRR per domain, both protocols."""
-        from llmemf.experiments.runner import ABLATIONS
         from llmemf.experiments.runner import ablate as run_ablate
+        from llmemf.experiments.runner import parse_ablation_rows
         from llmemf.reporting.plots import ablation_chart
 
         out = out or Path("runs") / dataset.name / "ablate"
         seed_list = [int(s) for s in seeds.split(",")]
-        row_list = [int(r) for r in rows.split(",") if r.strip().isdigit()]
-        if len(row_list) != len([r for r in rows.split(",") if r.strip()]) or any(not 1 <= r <= len(ABLATIONS) for r in row_list):
-            typer.secho(f"error: --rows takes numbers 1..{len(ABLATIONS)} separated by commas, got {rows!r}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+        try:
+            row_list = parse_ablation_rows(rows)
+        except ValueError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
         groups = run_ablate(dataset, out, seed_list, list(overrides or []), log=typer.echo, rows=row_list)
         texts = []
         for proto in ("c2dsr", "full"):

@@ -66,6 +66,14 @@ def compare(dataset: Path, models: list[str], out: Path, overrides: list[str], l
     return results
 
 
+def parse_ablation_rows(spec: str) -> list[int]:
+    """'1,3' -> [1, 3]; '' -> [] (all rows). Raises ValueError naming the accepted range."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not all(p.isdigit() and 1 <= int(p) <= len(ABLATIONS) for p in parts):
+        raise ValueError(f"--rows takes numbers 1..{len(ABLATIONS)} separated by commas, got {spec!r}")
+    return [int(p) for p in parts]
+
+
 def ablate(
     dataset: Path, out: Path, seeds: list[int], overrides: list[str], log: Callable[[str], None] = print, rows: list[int] | None = None
 ) -> dict[str, list[dict]]:

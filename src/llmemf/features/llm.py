@@ -309,10 +309,9 @@ def select_items(ds, cfg: EnrichConfig) -> np.ndarray:
             raise ValueError(f"item ids out of range 0..{ds.n_items - 1}: {bad[:5].tolist()}")
         return ids
     if cfg.order == "popular":
-        counts = np.zeros(ds.n_items, dtype=np.int64)
-        for seq in ds.splits["train"]["items"]:
-            np.add.at(counts, np.asarray(seq, dtype=np.int64), 1)
-        ids = np.argsort(-counts, kind="stable")  # ties keep id order
+        from llmemf.data.dataset import train_item_counts
+
+        ids = np.argsort(-train_item_counts(ds), kind="stable")  # ties keep id order
     elif cfg.order == "id":
         ids = np.arange(ds.n_items)
     else:
