@@ -62,6 +62,29 @@ def test_tune_grid_and_report(tiny_dataset, tmp_path):
     assert (tmp_path / "rep" / "table_c2dsr.csv").exists()
 
 
+def test_compare_routes_model_specific_overrides_and_reports_cost(tiny_dataset, tmp_path):
+    out = tmp_path / "cmp"
+    common = ["train.epochs=1", "train.progress=false", "eval.n_negatives=30"]
+    args = ["compare", "--dataset", tiny_dataset.root, "--models", "pop,sasrec,llmemf", "--out", out, *common]
+    text = _invoke(*args, "sasrec.model.hidden=16", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]")
+    table = (out / "table_c2dsr.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in table[1:]] == ["pop", "sasrec", "llmemf"]
+    assert "d_id: 16" in (out / "llmemf" / "config.yaml").read_text() and "- img" not in (out / "llmemf" / "config.yaml").read_text()
+    assert "hidden: 16" in (out / "sasrec" / "config.yaml").read_text() and "d_id" not in (out / "sasrec" / "config.yaml").read_text()
+    # Cost: one row per model and a total that is their sum; trained runs record where their time went.
+    cost = [r.split(" | ") for r in (out / "cost.md").read_text().splitlines() if r.startswith("| ") and "wall" not in r]
+    walls = [float(r[-1].rstrip(" |")) for r in cost]
+    assert [r[0].lstrip("| ") for r in cost] == ["pop", "sasrec", "llmemf", "total"]
+    assert abs(sum(walls[:-1]) - walls[-1]) < 0.02 and walls[1] > 0.01
+    res = json.loads((out / "sasrec" / "results.json").read_text())
+    assert res["seconds"]["train"] > 0 and res["seconds"]["epoch_eval"] > 0 and res["wall_seconds"] == pytest.approx(sum(res["seconds"].values()))
+    assert "wall time of this invocation" in text
+    # A second invocation reuses every finished run; a model-only field given to all models fails before training.
+    assert _invoke(*args, "sasrec.model.hidden=16", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]").count("reusing") == 3
+    res = CliRunner().invoke(app, [str(a) for a in [*args, "model.d_id=16"]])
+    assert res.exit_code == 2 and "unknown config field" in res.output and "llmemf.model.beta" in res.output
+
+
 @pytest.fixture
 def trained_llmemf(tiny_dataset, tmp_path):
     out = tmp_path / "run"

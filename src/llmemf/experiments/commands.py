@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from llmemf.data.dataset import atomic_write_bytes
-from llmemf.reporting.tables import PAPER_COLUMNS, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
+from llmemf.reporting.tables import PAPER_COLUMNS, cost_rows, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
 
 
 def _write_tables(out: Path, stem: str, runs: dict[str, dict], columns=PAPER_COLUMNS) -> str:
@@ -34,16 +34,29 @@ def register(app: typer.Typer) -> None:
         dataset: Path = typer.Option(..., "--dataset", "-d"),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
-        overrides: list[str] = typer.Argument(None, help="key=value overrides applied to every model (e.g. train.epochs=20)"),
+        overrides: list[str] = typer.Argument(
+            None, help="key=value overrides for every model (train.epochs=20); NAME.key=value for model NAME only (llmemf.model.beta=1.0)"
+        ),
     ) -> None:
         """Train and evaluate several models under one protocol; print the paper's tables 2-3 layout."""
         from llmemf.experiments.runner import compare as run_compare
+        from llmemf.experiments.runner import compare_configs
 
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()
-        results = run_compare(dataset, [m.strip() for m in models.split(",") if m.strip()], out, list(overrides or []), log=typer.echo)
+        try:
+            configs = compare_configs(dataset, [m.strip() for m in models.split(",") if m.strip()], out, list(overrides or []))
+        except (KeyError, ValueError) as e:  # an unknown model, or a model-specific field given to every model
+            hint = "prefix a field with a model name to give it to that model only, e.g. llmemf.model.beta=1.0"
+            typer.secho(f"error: {e.args[0]}\n({hint})", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        results = run_compare(configs, log=typer.echo)
         typer.echo("\n" + _write_tables(out, "table", results))
-        typer.echo(f"\nwall time {time.perf_counter() - t0:.0f}s; tables in {out}/table.md and table_*.csv")
+        header, rows = cost_rows({name: (out / name, res) for name, res in results.items()})
+        cost = to_markdown(header, rows, "(cost of each run over all its resumes; wall = fit + training + per-epoch validation + final evaluation)")
+        atomic_write_bytes(out / "cost.md", (cost + "\n").encode())
+        typer.echo("\n" + cost)
+        typer.echo(f"\nwall time of this invocation {time.perf_counter() - t0:.0f}s; tables in {out}/table.md, table_*.csv and cost.md")
 
     @app.command()
     def ablate(

@@ -14,6 +14,7 @@ from pathlib import Path
 from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
+from llmemf.models.base import check_model_params
 from llmemf.reporting.tables import load_results
 from llmemf.training.trainer import train
 
@@ -57,12 +58,39 @@ def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None])
     return load_results(out)
 
 
-def compare(dataset: Path, models: list[str], out: Path, overrides: list[str], log: Callable[[str], None] = print) -> dict[str, dict]:
-    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+def route_overrides(models: list[str], overrides: list[str]) -> dict[str, list[str]]:
+    """Overrides per model: ``key=value`` applies to every model, ``NAME.key=value`` (NAME one of
+    ``models``) only to NAME, e.g. ``llmemf.model.modalities=[id,txt]``, which the other models'
+    configs would reject as an unknown field."""
+    routed: dict[str, list[str]] = {m: [] for m in models}
+    for item in overrides:
+        head = item.split("=", 1)[0].split(".", 1)[0]
+        if head in routed and "." in item.split("=", 1)[0]:
+            routed[head].append(item[len(head) + 1 :])
+        else:
+            for m in models:
+                routed[m].append(item)
+    return routed
+
+
+def compare_configs(dataset: Path, models: list[str], out: Path, overrides: list[str]) -> dict[str, RunConfig]:
+    """Every model's run config, checked before anything trains (ValueError names a bad field)."""
+    routed = route_overrides(models, overrides)
+    configs = {name: run_config(name, dataset, out / name, routed[name]) for name in models}
+    for name, cfg in configs.items():
+        check_model_params(name, cfg.model_params)
+    return configs
+
+
+def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print) -> dict[str, dict]:
+    data = Dataset.load(next(iter(configs.values())).dataset)
+    bundles: dict[int, DataBundle] = {}  # one per max_len (a per-model override may change it)
     results = {}
-    for name in models:
+    for name, cfg in configs.items():
         log(f"[{name}]")
-        results[name] = run_or_reuse(run_config(name, dataset, out / name, overrides), bundle, log)
+        if cfg.max_len not in bundles:
+            bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
+        results[name] = run_or_reuse(cfg, bundles[cfg.max_len], log)
     return results
 
 

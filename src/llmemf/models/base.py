@@ -87,10 +87,16 @@ def available_models() -> list[str]:
     return out
 
 
-def build_model(name: str, params: dict[str, Any], bundle: DataBundle) -> Recommender:
+def check_model_params(name: str, params: dict[str, Any]) -> type[Recommender]:
+    """The model's class; ValueError naming any field its Config does not have."""
     cls = model_class(name)
     known = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(params) - known
     if unknown:
         raise ValueError(f"model {name}: unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls
+
+
+def build_model(name: str, params: dict[str, Any], bundle: DataBundle) -> Recommender:
+    cls = check_model_params(name, params)
     return cls(cls.Config(**params), bundle)

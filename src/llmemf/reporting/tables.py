@@ -19,6 +19,29 @@ def load_results(run_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def run_seconds(run_dir: str | Path, res: dict) -> float:
+    """Wall seconds a run took over all its resumes: results.json's ``wall_seconds``, or for runs
+    written before it was recorded, the per-epoch train + validation seconds of metrics.jsonl."""
+    if "wall_seconds" in res:
+        return float(res["wall_seconds"])
+    log = Path(run_dir) / "metrics.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    return float(sum(r["train_seconds"] + r["eval_seconds"] for r in lines))
+
+
+def cost_rows(runs: dict[str, tuple[Path, dict]]) -> tuple[list[str], list[list]]:
+    """header, rows: what each run cost, plus a total row (label -> (run dir, results))."""
+    header = ["model", "epochs (best)", "train s/epoch", "bf16", "peak RSS MiB", "wall s"]
+    rows, total = [], 0.0
+    for label, (run_dir, res) in runs.items():
+        wall = run_seconds(run_dir, res)
+        total += wall
+        epochs = f"{res['epochs_run']} ({res['best_epoch']})" if res["epochs_run"] else "-"
+        rows.append([label, epochs, res["median_epoch_seconds"], "yes" if res.get("train_bf16") else "no", res["peak_rss_mib"], wall])
+    rows.append(["total", "", "", "", "", total])
+    return header, rows
+
+
 def paper_rows(runs: dict[str, dict], split: str = "test", protocol: str = "c2dsr", columns=PAPER_COLUMNS) -> tuple[list[str], list[list]]:
     """header, rows: one row per run label, metrics in percent, domains side by side."""
     first = next(iter(runs.values()))

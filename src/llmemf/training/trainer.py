@@ -147,10 +147,13 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     model = build_model(cfg.model_name, cfg.model_params, bundle).to(cfg.device)
+    t_fit = time.perf_counter()
     model.fit(bundle)
+    fit_s = time.perf_counter() - t_fit
     select = _evaluators(cfg, bundle, "valid")[cfg.eval.select_protocol]
     log_file = MetricsLog(run_dir)
     epoch_seconds: list[float] = []
+    eval_seconds: list[float] = []  # validation after each epoch; both lists survive resumes via last.pt
     best_epoch = -1
 
     use_bf16 = model.trainable and train_in_bf16(cfg, model)
@@ -165,6 +168,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             opt.load_state_dict(state["optimizer"])
             start_epoch, best, bad_epochs, best_epoch = state["epoch"], state["best"], state["bad_epochs"], state["best_epoch"]
             epoch_seconds = list(state["epoch_seconds"])
+            eval_seconds = list(state.get("eval_seconds", []))  # absent in checkpoints written before it was kept
             log(f"resuming {run_dir} after epoch {start_epoch} (best valid MRR {best:.4f} at epoch {best_epoch})")
         log_file.truncate_after(start_epoch)
         train_data = bundle.train
@@ -200,6 +204,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             train_s = time.perf_counter() - t0
             epoch_seconds.append(train_s)
             val = select.evaluate(model, cfg.device, cfg.eval.bf16)
+            eval_seconds.append(val.seconds)
             mrr = val.mean_mrr()
             improved = mrr > best
             if improved:
@@ -224,6 +229,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
                     "best_epoch": best_epoch,
                     "bad_epochs": bad_epochs,
                     "epoch_seconds": epoch_seconds,
+                    "eval_seconds": eval_seconds,
                 },
                 last_path,
             )
@@ -235,8 +241,11 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     else:
         atomic_torch_save(model.state_dict(), run_dir / "best.pt")
 
+    t_final = time.perf_counter()
     valid = evaluate_all(model, cfg, bundle, "valid")
     test = evaluate_all(model, cfg, bundle, "test")
+    cold = cold_item_results(model, cfg, bundle, "test")
+    seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     _write_json(
         run_dir / "results.json",
         {
@@ -246,11 +255,14 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
             "epochs_run": len(epoch_seconds),
             "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else 0.0,
             "train_bf16": use_bf16,
+            # Time spent on this run over all its resumes (fit and final evaluation: the last invocation's).
+            "seconds": seconds,
+            "wall_seconds": sum(seconds.values()),
             "peak_rss_mib": peak_rss_mib(),
             "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "valid": {p: r.to_dict() for p, r in valid.items()},
             "test": {p: r.to_dict() for p, r in test.items()},
-            "test_cold_targets": cold_item_results(model, cfg, bundle, "test"),
+            "test_cold_targets": cold,
         },
     )
     return TrainResult(run_dir, model, best_epoch, valid, test, epoch_seconds)
