@@ -79,8 +79,10 @@ def test_compare_routes_model_specific_overrides_and_reports_cost(tiny_dataset, 
     res = json.loads((out / "sasrec" / "results.json").read_text())
     assert res["seconds"]["train"] > 0 and res["seconds"]["epoch_eval"] > 0 and res["wall_seconds"] == pytest.approx(sum(res["seconds"].values()))
     assert "wall time of this invocation" in text
-    # A second invocation reuses every finished run; a model-only field given to all models fails before training.
-    assert _invoke(*args, "sasrec.model.hidden=16", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]").count("reusing") == 3
+    # A second invocation reuses every finished run (more threads do not make it a new experiment);
+    # a model-only field given to all models fails before training.
+    again = _invoke(*args, "train.threads=2", "sasrec.model.hidden=16", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]")
+    assert again.count("reusing") == 3
     res = CliRunner().invoke(app, [str(a) for a in [*args, "model.d_id=16"]])
     assert res.exit_code == 2 and "unknown config field" in res.output and "llmemf.model.beta" in res.output
 

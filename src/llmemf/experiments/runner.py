@@ -6,12 +6,13 @@ an interrupted sweep resumes: finished runs are reused, the one in progress resu
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmemf.config import RunConfig, load_config
+from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.models.base import check_model_params
@@ -44,12 +45,21 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
     return load_config(model_config_file(model), [f"model.name={model}", f"dataset={dataset}", f"out={out}", *(overrides or [])])
 
 
+def same_experiment(a: RunConfig, b: RunConfig) -> bool:
+    """Equal configs up to how they execute (threads, progress bar): a sweep resumed with more
+    threads reuses its finished runs."""
+
+    def normalised(c: RunConfig) -> str:
+        c = dataclasses.replace(c, train=dataclasses.replace(c.train, threads=0, progress=True))
+        return config_to_yaml(c)
+
+    return normalised(a) == normalised(b)
+
+
 def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
     """Train unless the run directory already holds results for this exact config."""
     out = Path(cfg.out)
-    from llmemf.config import config_to_yaml
-
-    if (out / "results.json").exists() and (out / "config.yaml").exists() and (out / "config.yaml").read_text() == config_to_yaml(cfg):
+    if (out / "results.json").exists() and (out / "config.yaml").exists() and same_experiment(load_config(out / "config.yaml"), cfg):
         log(f"  reusing {out}")
         return load_results(out)
     t0 = time.perf_counter()
