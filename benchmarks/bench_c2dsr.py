@@ -12,7 +12,9 @@ figure quoted in issue 5 for the official code on Food-Kitchen on 2 cores; it is
 here.
 
 Variants: full-fp32 / full-bf16 (paper's full softmax, fp32 or bf16 autocast) and
-sampled-fp32 / sampled-bf16 (softmax over target + ``--negatives`` shared uniform items).
+sampled-fp32 / sampled-bf16 (softmax over target + ``--negatives`` shared uniform items, each
+negative weighted n_domain / k so the sampled partition function estimates the full one) and
+sampled-fp32-uncorrected (the same without that weight).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ VARIANTS = {
     "full-bf16": ["train.bf16=true", "model.train_negatives=0"],
     "sampled-fp32": ["train.bf16=false"],
     "sampled-bf16": ["train.bf16=true"],
+    "sampled-fp32-uncorrected": ["train.bf16=false", "model.sampled_correction=false"],
 }
 
 

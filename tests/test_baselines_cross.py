@@ -65,6 +65,30 @@ def test_c2dsr_sampled_softmax_learns(tiny_dir, pop_mrr, tmp_path):
     assert res.valid["c2dsr"].mean_mrr() > pop_mrr + 0.03
 
 
+def test_c2dsr_corrected_sampled_softmax_estimates_the_full_one(tiny_dir):
+    """With each negative weighted n_domain / k, the sampled cross-entropy is a consistent estimate
+    of the full softmax's; without the weight it measures a partition function k / n_domain too
+    small (here k = 40 n_domain: far too large)."""
+    from llmemf.models.base import build_model
+    from llmemf.models.layers import domain_cross_entropy
+
+    bundle = DataBundle(Dataset.load(tiny_dir), max_len=10)
+    torch.manual_seed(0)
+    model = build_model("c2dsr", {"hidden": 16}, bundle)
+    with torch.no_grad():
+        model.out_w.mul_(8.0)  # spread the logits so that the partition function is not flat
+        h = torch.randn(64, 16)
+        t = torch.cat([torch.randint(lo, hi, (32,)) for lo, hi in model.domain_ranges])
+        full, _ = domain_cross_entropy(model._logits, h, t, model.domain_ranges, model.pad_id)
+        k = 40 * max(hi - lo for lo, hi in model.domain_ranges)
+        model.config.train_negatives = k
+        corrected, _ = model._sampled_ce(h, t)
+        model.config.sampled_correction = False
+        uncorrected, _ = model._sampled_ce(h, t)
+    assert abs(corrected / full - 1) < 0.03, (float(corrected), float(full))
+    assert uncorrected > 1.15 * full
+
+
 def test_c2dsr_graph_hand_made():
     # Items 0, 1 are X; 2, 3 are Y. Consecutive pairs: 0-1, 1-3, 1-0 (repeat), 2-2 (self, dropped).
     mixed, single = build_item_graph([[0, 1, 3], [1, 0], [2, 2]], n_items=4, boundary=2)

@@ -28,6 +28,7 @@ position) are vectorised over the batch and used by the other cross-domain model
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -149,6 +150,9 @@ class C2DSRConfig:
     lam: float = 0.7  # weight of the next-item losses; 1 - lam weighs the infomax losses (official: 0.7)
     loss_positions: int = 10  # only the last this many merged positions are supervised (official "used" = 10)
     train_negatives: int = 0  # 0: full softmax over the target's domain (paper); k > 0: target + k shared uniform negatives
+    # With train_negatives > 0: weigh each sampled negative by n_domain / k (add log(n_domain / k) to its logit), so that
+    # the sampled partition function estimates the full one instead of k / n_domain of it (importance-sampled softmax).
+    sampled_correction: bool = True
 
 
 class GraphConv(nn.Module):
@@ -258,7 +262,8 @@ class C2DSR(Recommender):
     def _sampled_ce(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Cross-entropy over target + ``train_negatives`` uniform items of the target's domain,
         one negative set per domain per step shared by all rows (a negative equal to a row's
-        target is masked out for that row). The output table is gathered once."""
+        target is masked out for that row; ``sampled_correction`` reweighs the negatives to
+        stand for the whole domain). The output table is gathered once."""
         k = self.config.train_negatives
         negs = [torch.randint(lo, hi, (k,), device=h.device) for lo, hi in self.domain_ranges]
         cand = torch.cat([t] + negs)
@@ -272,6 +277,8 @@ class C2DSR(Recommender):
                 continue
             span = slice(n + d * k, n + (d + 1) * k)
             neg = h[sel] @ w[span].T + b[span]  # (n_d, k)
+            if self.config.sampled_correction:
+                neg = neg + math.log((hi - lo) / k)
             neg = neg.masked_fill(negs[d][None] == t[sel][:, None], float("-inf"))
             logits = torch.cat([pos[sel], neg], 1).float()
             total = total + F.cross_entropy(logits, torch.zeros_like(t[sel]), reduction="sum")
