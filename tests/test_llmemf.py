@@ -120,6 +120,20 @@ def test_sampled_softmax_trains(tiny_bundle):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_corrected_sampled_softmax_estimates_the_full_loss(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title"}, tiny_bundle).eval()
+    batch = next(tiny_bundle.train.iter_batches(64))
+    with torch.no_grad():
+        full = model.loss(batch)
+        model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)
+        corrected = model.loss(batch)
+        model.config.sampled_correction = False
+        uncorrected = model.loss(batch)
+    assert abs(corrected / full - 1) < 0.03, (float(corrected), float(full))
+    assert uncorrected > full + 1.0  # log(40) too much partition function on every target
+
+
 def test_stacked_encoder_slices_are_independent_and_causal():
     torch.manual_seed(0)
     enc = StackedSequenceEncoder(3, 8, max_len=6, n_blocks=2, n_heads=2, dropout=0.0).eval()

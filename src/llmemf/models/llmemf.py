@@ -23,6 +23,7 @@ indicator column against a learned per-modality "missing" vector.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,7 @@ class LLMEMFConfig:
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
+    sampled_correction: bool = True  # weigh each sampled negative by n_domain / K (see _sampled_cross_entropy)
     stacked_encoders: bool = True  # X, Y, XY encoders of a modality as one batched-matmul stack. All reported numbers
     # use it. False = three SequenceEncoders: 1.2x faster on CPU in isolation (benchmarks/bench_stacked_encoder.py) but
     # lower demo MRR (their position embeddings start at N(0, 1), the stack's at N(0, 0.02)); not yet reconciled.
@@ -293,13 +295,17 @@ class LLMEMF(Recommender):
 
     def _sampled_cross_entropy(self, q: dict[str, torch.Tensor], t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Softmax over [target, K negatives drawn uniformly from the domain, shared by the batch].
-        Uniform proposal: the log-Q correction is a constant and cancels; a negative that equals the
+        The target is always in; the negatives stand for the other n_domain - 1 items, so each is
+        weighed n_domain / K (``sampled_correction``): the sampled partition function is then an
+        unbiased estimate of the full one instead of K / n_domain of it. A negative that equals the
         row's target is masked out. Probability fusion needs full softmaxes, so it is not allowed here."""
         if self.config.fusion != "logits":
             raise ValueError("train_negatives > 0 needs fusion='logits'")
         neg = torch.randint(lo, hi, (self.config.train_negatives,), device=t.device)  # (K,)
         pos = sum((qm * self.unit_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
         negs = self._combine({m: qm @ self.unit_keys(m, neg).T for m, qm in q.items()})
+        if self.config.sampled_correction:
+            negs = negs + math.log((hi - lo) / self.config.train_negatives)
         negs = negs.masked_fill(neg[None, :] == t[:, None], float("-inf"))  # (n, K)
         logits = torch.cat([pos[:, None], negs], dim=1).float()
         return F.cross_entropy(logits, torch.zeros_like(t), reduction="none")
