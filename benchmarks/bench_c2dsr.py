@@ -14,7 +14,8 @@ here.
 Variants: full-fp32 / full-bf16 (paper's full softmax, fp32 or bf16 autocast) and
 sampled-fp32 / sampled-bf16 (softmax over target + ``--negatives`` shared uniform items, each
 negative weighted n_domain / k so the sampled partition function estimates the full one) and
-sampled-fp32-uncorrected (the same without that weight).
+sampled-fp32-uncorrected (the same without that weight) and sampled-fp32-popularity (negatives
+drawn in proportion to (train count + 1)^0.75, weighted 1 / (k q)).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ VARIANTS = {
     "sampled-fp32": ["train.bf16=false"],
     "sampled-bf16": ["train.bf16=true"],
     "sampled-fp32-uncorrected": ["train.bf16=false", "model.sampled_correction=false"],
+    "sampled-fp32-popularity": ["train.bf16=false", "model.negative_sampler=popularity"],
 }
 
 

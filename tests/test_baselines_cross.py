@@ -87,6 +87,13 @@ def test_c2dsr_corrected_sampled_softmax_estimates_the_full_one(tiny_dir):
         uncorrected, _ = model._sampled_ce(h, t)
     assert abs(corrected / full - 1) < 0.03, (float(corrected), float(full))
     assert uncorrected > 1.15 * full
+    # Popularity-proportional negatives, weighted 1 / (k q): the same estimate.
+    pop = build_model("c2dsr", {"hidden": 16, "negative_sampler": "popularity", "train_negatives": k}, bundle)
+    pop.load_state_dict(model.state_dict())
+    assert not torch.allclose(pop.neg_q[0], model.neg_q[0])
+    with torch.no_grad():
+        pop_loss, _ = pop._sampled_ce(h, t)
+    assert abs(pop_loss / full - 1) < 0.03, (float(pop_loss), float(full))
 
 
 def test_c2dsr_graph_hand_made():

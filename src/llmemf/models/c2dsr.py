@@ -28,7 +28,6 @@ position) are vectorised over the batch and used by the other cross-domain model
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
+from llmemf.data.dataset import train_item_counts
 from llmemf.models.base import Recommender
 from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding
 
@@ -153,6 +153,9 @@ class C2DSRConfig:
     # With train_negatives > 0: weigh each sampled negative by n_domain / k (add log(n_domain / k) to its logit), so that
     # the sampled partition function estimates the full one instead of k / n_domain of it (importance-sampled softmax).
     sampled_correction: bool = True
+    # Where sampled negatives come from: "uniform" over the domain, or "popularity" (q proportional to (train count + 1)^0.75,
+    # word2vec's proposal), which hands the popular items, the hard negatives, more updates; the correction uses 1 / (k q).
+    negative_sampler: str = "uniform"
 
 
 class GraphConv(nn.Module):
@@ -197,6 +200,12 @@ class C2DSR(Recommender):
         # Bilinear discriminators D(a, b) = a^T W b + c, as Linear + dot (nn.Bilinear is slow on CPU).
         self.disc_x = nn.Linear(d, d)  # D_X(X-specific rep, mixed rep)
         self.disc_y = nn.Linear(d, d)
+        if config.negative_sampler not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampler must be 'uniform' or 'popularity', got {config.negative_sampler!r}")
+        counts = torch.from_numpy(train_item_counts(bundle.dataset)).double()
+        weight = (counts + 1) ** 0.75 if config.negative_sampler == "popularity" else torch.ones_like(counts)
+        # Per domain: the proposal q over its items (not saved with the model; rebuilt from the data).
+        self.neg_q = [(weight[lo:hi] / weight[lo:hi].sum()).float() for lo, hi in self.domain_ranges]
 
     # -- item tables ------------------------------------------------------------------------
 
@@ -265,7 +274,10 @@ class C2DSR(Recommender):
         target is masked out for that row; ``sampled_correction`` reweighs the negatives to
         stand for the whole domain). The output table is gathered once."""
         k = self.config.train_negatives
-        negs = [torch.randint(lo, hi, (k,), device=h.device) for lo, hi in self.domain_ranges]
+        if self.config.negative_sampler == "uniform":
+            negs = [torch.randint(lo, hi, (k,), device=h.device) for lo, hi in self.domain_ranges]
+        else:
+            negs = [torch.multinomial(q, k, replacement=True).to(h.device) + lo for q, (lo, _) in zip(self.neg_q, self.domain_ranges, strict=True)]
         cand = torch.cat([t] + negs)
         w, b = self.out_w[cand], self.out_b[cand]  # (n + 2k, d), (n + 2k,)
         n = len(t)
@@ -277,8 +289,8 @@ class C2DSR(Recommender):
                 continue
             span = slice(n + d * k, n + (d + 1) * k)
             neg = h[sel] @ w[span].T + b[span]  # (n_d, k)
-            if self.config.sampled_correction:
-                neg = neg + math.log((hi - lo) / k)
+            if self.config.sampled_correction:  # each negative stands for 1 / (k q) items of the domain
+                neg = neg - torch.log(k * self.neg_q[d].to(h.device)[negs[d] - lo])
             neg = neg.masked_fill(negs[d][None] == t[sel][:, None], float("-inf"))
             logits = torch.cat([pos[sel], neg], 1).float()
             total = total + F.cross_entropy(logits, torch.zeros_like(t[sel]), reduction="sum")
