@@ -137,6 +137,16 @@ class MetricsLog:
         atomic_write_bytes(self.path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
 
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
+    """Adam + L2 (``weight_decay``), fused into one kernel where the device has one: on CPU the
+    step over the item tables is ~8x faster than the default foreach implementation
+    (benchmarks/bench_optimizer.py), with the same update up to float rounding and the same state,
+    so a checkpoint written by either resumes in the other."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused or None)
+
+
 def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log=print) -> TrainResult:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +169,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     use_bf16 = model.trainable and train_in_bf16(cfg, model)
     if model.trainable:
         log(f"training steps in {'bf16 autocast' if use_bf16 else 'fp32'}; evaluation in {'bf16 autocast' if cfg.eval.bf16 else 'fp32'}")
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        opt = make_optimizer(model, cfg)
         start_epoch, best, bad_epochs = 0, -math.inf, 0
         last_path = run_dir / "last.pt"
         if resume and last_path.exists():
