@@ -81,7 +81,10 @@ def test_compare_routes_model_specific_overrides_and_reports_cost(tiny_dataset, 
     assert "wall time of this invocation" in text
     # A second invocation reuses every finished run (more threads do not make it a new experiment);
     # a model-only field given to all models fails before training.
-    again = _invoke(*args, "train.threads=2", "sasrec.model.hidden=16", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]")
+    # Nor does a default written out (sasrec's n_blocks is 2).
+    again = _invoke(
+        *args, "train.threads=2", "sasrec.model.hidden=16", "sasrec.model.n_blocks=2", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]"
+    )
     assert again.count("reusing") == 3
     res = CliRunner().invoke(app, [str(a) for a in [*args, "model.d_id=16"]])
     assert res.exit_code == 2 and "unknown config field" in res.output and "llmemf.model.beta" in res.output

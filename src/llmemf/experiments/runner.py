@@ -46,11 +46,14 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
 
 
 def same_experiment(a: RunConfig, b: RunConfig) -> bool:
-    """Equal configs up to how they execute (threads, progress bar): a sweep resumed with more
-    threads reuses its finished runs."""
+    """Equal configs up to how they execute (threads, progress bar) and with every model field
+    resolved to its value (a default written out equals a default left out): a sweep resumed with
+    more threads, or after a model gained a field, reuses its finished runs."""
 
     def normalised(c: RunConfig) -> str:
-        c = dataclasses.replace(c, train=dataclasses.replace(c.train, threads=0, progress=True))
+        cls = check_model_params(c.model_name, c.model_params)
+        model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
+        c = dataclasses.replace(c, model=model, train=dataclasses.replace(c.train, threads=0, progress=True))
         return config_to_yaml(c)
 
     return normalised(a) == normalised(b)
@@ -59,9 +62,14 @@ def same_experiment(a: RunConfig, b: RunConfig) -> bool:
 def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
     """Train unless the run directory already holds results for this exact config."""
     out = Path(cfg.out)
-    if (out / "results.json").exists() and (out / "config.yaml").exists() and same_experiment(load_config(out / "config.yaml"), cfg):
-        log(f"  reusing {out}")
-        return load_results(out)
+    if (out / "results.json").exists() and (out / "config.yaml").exists():
+        try:
+            reuse = same_experiment(load_config(out / "config.yaml"), cfg)
+        except ValueError:  # the stored config names a field the model no longer has
+            reuse = False
+        if reuse:
+            log(f"  reusing {out}")
+            return load_results(out)
     t0 = time.perf_counter()
     train(cfg, bundle, log=lambda s: log("  " + s))
     log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
