@@ -68,6 +68,23 @@ def test_early_stopping_patience(tiny_dataset, tiny_bundle, tmp_path):
     assert res.best_epoch == 1 and len(res.epoch_seconds) == 4
 
 
+def test_a_run_directory_trains_in_one_process_at_a_time(tiny_dataset, tiny_bundle, tmp_path):
+    import fcntl
+
+    import pytest
+
+    from llmemf.training.trainer import RunDirBusy
+
+    cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=1", "model.hidden=16")
+    (tmp_path / "r").mkdir()
+    with open(tmp_path / "r" / ".train.lock", "a") as other:  # another trainer holds the directory
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(RunDirBusy, match="another process"):
+            train(cfg, tiny_bundle, log=lambda *_: None)
+        assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    assert train(cfg, tiny_bundle, log=lambda *_: None).best_epoch == 1  # free again once it lets go
+
+
 def test_resume_after_kill_matches_uninterrupted(tmp_path, make_tiny):
     ds = make_tiny(n_x=200, n_y=250, n_users=1500, seed=3)
     ds.save(tmp_path / "ds")

@@ -14,6 +14,8 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
@@ -147,9 +149,34 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused or None)
 
 
+class RunDirBusy(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """An exclusive lock on a run directory for the length of a training: two processes writing
+    the same checkpoints and metrics log would interleave their epochs. Released by the OS if
+    the process dies, so a killed run never leaves a stale lock."""
+    with open(run_dir / ".train.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir} is being trained by another process; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log=print) -> TrainResult:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _train(cfg, run_dir, bundle, resume, log)
+
+
+def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: bool, log) -> TrainResult:
     atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
