@@ -82,9 +82,9 @@ def route_overrides(models: list[str], overrides: list[str]) -> dict[str, list[s
     configs would reject as an unknown field."""
     routed: dict[str, list[str]] = {m: [] for m in models}
     for item in overrides:
-        head = item.split("=", 1)[0].split(".", 1)[0]
-        if head in routed and "." in item.split("=", 1)[0]:
-            routed[head].append(item[len(head) + 1 :])
+        head, dot, rest = item.partition(".")
+        if dot and head in routed and "=" not in head:
+            routed[head].append(rest)
         else:
             for m in models:
                 routed[m].append(item)

@@ -202,8 +202,10 @@ class C2DSR(Recommender):
         self.disc_y = nn.Linear(d, d)
         if config.negative_sampler not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampler must be 'uniform' or 'popularity', got {config.negative_sampler!r}")
-        counts = torch.from_numpy(train_item_counts(bundle.dataset)).double()
-        weight = (counts + 1) ** 0.75 if config.negative_sampler == "popularity" else torch.ones_like(counts)
+        if config.negative_sampler == "popularity":
+            weight = (torch.from_numpy(train_item_counts(bundle.dataset)).double() + 1) ** 0.75
+        else:
+            weight = torch.ones(self.n_items, dtype=torch.float64)
         # Per domain: the proposal q over its items (not saved with the model; rebuilt from the data).
         self.neg_q = [(weight[lo:hi] / weight[lo:hi].sum()).float() for lo, hi in self.domain_ranges]
 
