@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -86,6 +87,10 @@ def test_compare_routes_model_specific_overrides_and_reports_cost(tiny_dataset, 
         *args, "train.threads=2", "sasrec.model.hidden=16", "sasrec.model.n_blocks=2", "llmemf.model.d_id=16", "llmemf.model.modalities=[id,txt]"
     )
     assert again.count("reusing") == 3
+    # A finished run copied in from another directory is the same experiment (its stored `out` differs).
+    shutil.copytree(out / "sasrec", tmp_path / "cmp2" / "sasrec")
+    moved = _invoke("compare", "--dataset", tiny_dataset.root, "--models", "sasrec", "--out", tmp_path / "cmp2", *common, "sasrec.model.hidden=16")
+    assert moved.count("reusing") == 1
     res = CliRunner().invoke(app, [str(a) for a in [*args, "model.d_id=16"]])
     assert res.exit_code == 2 and "unknown config field" in res.output and "llmemf.model.beta" in res.output
 

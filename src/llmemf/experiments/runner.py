@@ -46,14 +46,15 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
 
 
 def same_experiment(a: RunConfig, b: RunConfig) -> bool:
-    """Equal configs up to how they execute (threads, progress bar) and with every model field
-    resolved to its value (a default written out equals a default left out): a sweep resumed with
-    more threads, or after a model gained a field, reuses its finished runs."""
+    """Equal configs up to how they execute (threads, progress bar) and where the run directory
+    lives, with every model field resolved to its value (a default written out equals a default
+    left out): a sweep resumed with more threads, after a model gained a field, or given a finished
+    run directory copied in from elsewhere, reuses its finished runs."""
 
     def normalised(c: RunConfig) -> str:
         cls = check_model_params(c.model_name, c.model_params)
         model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
-        c = dataclasses.replace(c, model=model, train=dataclasses.replace(c.train, threads=0, progress=True))
+        c = dataclasses.replace(c, out="", model=model, train=dataclasses.replace(c.train, threads=0, progress=True))
         return config_to_yaml(c)
 
     return normalised(a) == normalised(b)
