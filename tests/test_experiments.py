@@ -77,6 +77,7 @@ def test_compare_routes_model_specific_overrides_and_reports_cost(tiny_dataset, 
     walls = [float(r[-1].rstrip(" |")) for r in cost]
     assert [r[0].lstrip("| ") for r in cost] == ["pop", "sasrec", "llmemf", "total"]
     assert abs(sum(walls[:-1]) - walls[-1]) < 0.02 and walls[1] > 0.01
+    assert [r[2] for r in cost[:-1]] == ["all", "all", "all"]  # threads: torch's default
     res = json.loads((out / "sasrec" / "results.json").read_text())
     assert res["seconds"]["train"] > 0 and res["seconds"]["epoch_eval"] > 0 and res["wall_seconds"] == pytest.approx(sum(res["seconds"].values()))
     assert "wall time of this invocation" in text

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 PAPER_COLUMNS = ("MRR", "NDCG@5", "NDCG@10")
 
@@ -29,16 +30,26 @@ def run_seconds(run_dir: str | Path, res: dict) -> float:
     return float(sum(r["train_seconds"] + r["eval_seconds"] for r in lines))
 
 
+def run_threads(run_dir: str | Path) -> str:
+    """torch threads of a run's last invocation, from its config.yaml ("all" for torch's default):
+    runs of one comparison may have been trained under different settings, and their seconds say
+    so only next to this."""
+    path = Path(run_dir) / "config.yaml"
+    threads = OmegaConf.select(OmegaConf.load(path), "train.threads", default=0) if path.exists() else 0
+    return str(threads) if threads else "all"
+
+
 def cost_rows(runs: dict[str, tuple[Path, dict]]) -> tuple[list[str], list[list]]:
     """header, rows: what each run cost, plus a total row (label -> (run dir, results))."""
-    header = ["model", "epochs (best)", "train s/epoch", "bf16", "peak RSS MiB", "wall s"]
+    header = ["model", "epochs (best)", "threads", "train s/epoch", "bf16", "peak RSS MiB", "wall s"]
     rows, total = [], 0.0
     for label, (run_dir, res) in runs.items():
         wall = run_seconds(run_dir, res)
         total += wall
         epochs = f"{res['epochs_run']} ({res['best_epoch']})" if res["epochs_run"] else "-"
-        rows.append([label, epochs, res["median_epoch_seconds"], "yes" if res.get("train_bf16") else "no", res["peak_rss_mib"], wall])
-    rows.append(["total", "", "", "", "", total])
+        bf16 = "yes" if res.get("train_bf16") else "no"
+        rows.append([label, epochs, run_threads(run_dir), res["median_epoch_seconds"], bf16, res["peak_rss_mib"], wall])
+    rows.append(["total", "", "", "", "", "", total])
     return header, rows
 
 
