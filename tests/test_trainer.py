@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.training.trainer import load_run, train
+from llmemf.training.trainer import RunDirBusy, load_run, train
 
 
 def _cfg(ds_root, out, *extra):
@@ -69,12 +71,6 @@ def test_early_stopping_patience(tiny_dataset, tiny_bundle, tmp_path):
 
 
 def test_a_run_directory_trains_in_one_process_at_a_time(tiny_dataset, tiny_bundle, tmp_path):
-    import fcntl
-
-    import pytest
-
-    from llmemf.training.trainer import RunDirBusy
-
     cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=1", "model.hidden=16")
     (tmp_path / "r").mkdir()
     with open(tmp_path / "r" / ".train.lock", "a") as other:  # another trainer holds the directory
