@@ -40,7 +40,7 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.data.dataset import train_item_counts
 from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding
+from llmemf.models.layers import Dropout, SequenceEncoder, domain_cross_entropy, item_embedding, sampled_softmax_nll
 
 # ---------------------------------------------------------------- sequence alignment helpers
 
@@ -165,7 +165,7 @@ class GraphConv(nn.Module):
     def __init__(self, d: int, leaky: float, dropout: float):
         super().__init__()
         self.lin = nn.Linear(d, d, bias=False)
-        self.leaky, self.drop = leaky, nn.Dropout(dropout)
+        self.leaky, self.drop = leaky, Dropout(dropout)
 
     def forward(self, agg: torch.Tensor) -> torch.Tensor:
         return self.drop(F.leaky_relu(self.lin(agg), self.leaky))
@@ -270,11 +270,11 @@ class C2DSR(Recommender):
     def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return h @ self.out_w[lo:hi].T + self.out_b[lo:hi]
 
-    def _sampled_ce(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Cross-entropy over target + ``train_negatives`` uniform items of the target's domain,
+    def _sampled_ce(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy over target + ``train_negatives`` items of the target's domain,
         one negative set per domain per step shared by all rows (a negative equal to a row's
-        target is masked out for that row; ``sampled_correction`` reweighs the negatives to
-        stand for the whole domain). The output table is gathered once."""
+        target is left out for that row; ``sampled_correction`` reweighs the negatives to stand
+        for the whole domain). The output table is gathered once."""
         k = self.config.train_negatives
         if self.config.negative_sampler == "uniform":
             negs = [torch.randint(lo, hi, (k,), device=h.device) for lo, hi in self.domain_ranges]
@@ -283,20 +283,18 @@ class C2DSR(Recommender):
         cand = torch.cat([t] + negs)
         w, b = self.out_w[cand], self.out_b[cand]  # (n + 2k, d), (n + 2k,)
         n = len(t)
-        pos = (h * w[:n]).sum(-1, keepdim=True) + b[:n, None]  # (n, 1)
-        total = h.new_zeros(())
+        pos = (h * w[:n]).sum(-1) + b[:n]  # (n,)
+        total = h.new_zeros((), dtype=torch.float32)
         for d, (lo, hi) in enumerate(self.domain_ranges):
             sel = (t >= lo) & (t < hi)
             if not bool(sel.any()):
                 continue
             span = slice(n + d * k, n + (d + 1) * k)
-            neg = h[sel] @ w[span].T + b[span]  # (n_d, k)
+            bias = b[span]
             if self.config.sampled_correction:  # each negative stands for 1 / (k q) items of the domain
-                neg = neg - torch.log(k * self.neg_q[d].to(h.device)[negs[d] - lo])
-            neg = neg.masked_fill(negs[d][None] == t[sel][:, None], float("-inf"))
-            logits = torch.cat([pos[sel], neg], 1).float()
-            total = total + F.cross_entropy(logits, torch.zeros_like(t[sel]), reduction="sum")
-        return total, n
+                bias = bias - torch.log(k * self.neg_q[d].to(h.device)[negs[d] - lo])
+            total = total + sampled_softmax_nll(h[sel], pos[sel], w[span], bias, negs[d], t[sel]).sum()
+        return total
 
     # -- training ---------------------------------------------------------------------------
 
@@ -324,7 +322,7 @@ class C2DSR(Recommender):
         targets = torch.cat([nx, ny, torch.where(at_x, nx, pad), torch.where(at_y, ny, pad)], 1)  # (B, 4u)
         if cfg.train_negatives > 0:
             keep = targets != self.pad_id
-            total, _ = self._sampled_ce(hidden[keep], targets[keep])
+            total = self._sampled_ce(hidden[keep], targets[keep])
         else:
             total, _ = domain_cross_entropy(self._logits, hidden, targets, self.domain_ranges, self.pad_id)
         # The official code averages each head over all B x used slots (padding included): same here.

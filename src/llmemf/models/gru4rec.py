@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from llmemf.data.batching import DataBundle
-from llmemf.models.layers import MergedSequenceModel, item_embedding
+from llmemf.models.layers import Dropout, MergedSequenceModel, item_embedding
 
 
 @dataclass
@@ -41,7 +41,7 @@ class GRU4Rec(MergedSequenceModel):
         d, h = config.embedding, config.hidden
         self.item = item_embedding(self.n_items, d, self.pad_id)
         self.cells = nn.ModuleList([nn.GRUCell(d if i == 0 else h, h) for i in range(config.n_layers)])
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.out = nn.Linear(h, d)  # hidden state -> item embedding space
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder
+from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder, sampled_softmax_nll
 
 MODALITIES = ("id", "img", "txt")
 SEQUENCES = ("x", "y", "xy")
@@ -301,14 +301,13 @@ class LLMEMF(Recommender):
         row's target is masked out. Probability fusion needs full softmaxes, so it is not allowed here."""
         if self.config.fusion != "logits":
             raise ValueError("train_negatives > 0 needs fusion='logits'")
-        neg = torch.randint(lo, hi, (self.config.train_negatives,), device=t.device)  # (K,)
+        k = self.config.train_negatives
+        neg = torch.randint(lo, hi, (k,), device=t.device)  # (K,)
         pos = sum((qm * self.unit_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
-        negs = self._combine({m: qm @ self.unit_keys(m, neg).T for m, qm in q.items()})
-        if self.config.sampled_correction:
-            negs = negs + math.log((hi - lo) / self.config.train_negatives)
-        negs = negs.masked_fill(neg[None, :] == t[:, None], float("-inf"))  # (n, K)
-        logits = torch.cat([pos[:, None], negs], dim=1).float()
-        return F.cross_entropy(logits, torch.zeros_like(t), reduction="none")
+        # Logit fusion is a sum of dot products: one dot product of the concatenated queries and keys.
+        keys = torch.cat([self.unit_keys(m, neg) for m in q], dim=-1)  # (K, sum d_m)
+        bias = torch.full((k,), math.log((hi - lo) / k) if self.config.sampled_correction else 0.0, device=t.device)
+        return sampled_softmax_nll(torch.cat(list(q.values()), dim=-1), pos, keys, bias, neg, t)
 
     # ---- prediction ----------------------------------------------------------------------------
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,6 +37,7 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.c2dsr import receptive_field, sparse_aggregate
+from llmemf.models.layers import Dropout
 from llmemf.models.pinet import DomainGRU
 
 
@@ -102,7 +103,7 @@ class MIFN(Recommender):
             norm = np.asarray(block.sum(1)).ravel()
             self.adj_copy.append((sp.diags(1.0 / np.maximum(norm, 1.0)) @ block).astype(np.float32).tocsr())
         self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.know = nn.Linear(d, d)  # knowledge-flow item transform after graph aggregation
         self.seq_gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
         self.know_gru = nn.GRU(d, d, batch_first=True)  # knowledge flow over the merged sequence

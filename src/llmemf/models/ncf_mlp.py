@@ -27,6 +27,7 @@ from torch import nn
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.bprmf import sample_in_domain, training_items
+from llmemf.models.layers import Dropout
 
 
 @dataclass
@@ -56,7 +57,7 @@ class NCFMLP(Recommender):
         self.first_item = nn.Linear(d, widths[1], bias=False)
         rest = []
         for a, b in zip(widths[1:-1], widths[2:], strict=True):
-            rest += [nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(a, b)]
+            rest += [nn.ReLU(), Dropout(config.dropout), nn.Linear(a, b)]
         self.tower = nn.Sequential(*rest, nn.ReLU())  # (..., widths[1]) pre-activation -> (..., widths[-1])
         self.predict = nn.Linear(widths[-1], 1)
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from llmemf.data.batching import DataBundle
 from llmemf.models.c2dsr import align, split_domain
-from llmemf.models.layers import PerDomainStateModel
+from llmemf.models.layers import Dropout, PerDomainStateModel
 
 
 @dataclass
@@ -76,7 +76,7 @@ class PiNet(PerDomainStateModel):
         d = config.hidden
         self.n_x = self.domain_ranges[0][1]
         self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
         self.transfer = nn.ModuleList([FilterTransfer(d, config.n_members), FilterTransfer(d, config.n_members)])  # Y->X, X->Y
         self.decode = nn.ModuleList([nn.Linear(2 * d, d), nn.Linear(2 * d, d)])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from llmemf.data.batching import DataBundle
-from llmemf.models.layers import PerDomainStateModel
+from llmemf.models.layers import Dropout, PerDomainStateModel
 from llmemf.models.pinet import DomainGRU
 
 
@@ -73,7 +73,7 @@ class PSJNet(PerDomainStateModel):
         d = config.hidden
         self.n_x = self.domain_ranges[0][1]
         self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
         self.split = nn.ModuleList([Split(d, config.n_members), Split(d, config.n_members)])
         self.join = nn.ModuleList([Join(d), Join(d)])
