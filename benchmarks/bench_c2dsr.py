@@ -41,6 +41,7 @@ VARIANTS = {
     "sampled-bf16": ["train.bf16=true"],
     "sampled-fp32-uncorrected": ["train.bf16=false", "model.sampled_correction=false"],
     "sampled-fp32-popularity": ["train.bf16=false", "model.negative_sampler=popularity"],
+    "sampled-bf16-popularity": ["train.bf16=true", "model.negative_sampler=popularity"],
 }
 
 

@@ -255,17 +255,20 @@ class C2DSR(Recommender):
 
     # -- encoders ---------------------------------------------------------------------------
 
-    def encode(self, xy: torch.Tensor, mixed: torch.Tensor, single: torch.Tensor, local: torch.Tensor):
+    def encode(self, xy: torch.Tensor, mixed: torch.Tensor, single: torch.Tensor, local: torch.Tensor, *corrupted: torch.Tensor):
         """(B, L) merged ids (and their rows ``local`` in the step's tables) -> merged states
-        (B, L, d) and X / Y states aligned to merged positions."""
+        (B, L, d), X / Y states aligned to merged positions, the domain masks, and the merged
+        states of each ``corrupted`` (B, L) row tensor (same padding as ``xy``). The merged encoder
+        runs once over all of them stacked: one (k B, L) call instead of k calls of batch B."""
         is_x = xy < self.n_x
         is_y = (xy >= self.n_x) & (xy != self.pad_id)
-        h_xy = self.enc_xy(mixed[local], xy != self.pad_id)
+        stacked = torch.cat([local, *corrupted])  # ((1 + k) B, L)
+        h_xy, *h_corrupted = self.enc_xy(mixed[stacked], (xy != self.pad_id).repeat(1 + len(corrupted), 1)).split(len(xy))
         x, ix = split_domain(local, is_x, -1)
         y, iy = split_domain(local, is_y, -1)
         h_x = align(self.enc_x(single[x.clamp(min=0)], x >= 0), ix)  # (B, L, d)
         h_y = align(self.enc_y(single[y.clamp(min=0)], y >= 0), iy)
-        return h_xy, h_x, h_y, is_x, is_y
+        return h_xy, h_x, h_y, is_x, is_y, h_corrupted
 
     def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return h @ self.out_w[lo:hi].T + self.out_b[lo:hi]
@@ -309,7 +312,7 @@ class C2DSR(Recommender):
         corrupt_y = torch.where(is_y, torch.randint_like(xy, lo_y, hi_y), xy)
         corrupt_x = torch.where(is_x, torch.randint_like(xy, lo_x, hi_x), xy)
         mixed, single, (l_xy, l_cx, l_cy) = self.item_tables(xy, corrupt_x, corrupt_y)
-        h_xy, h_x, h_y, is_x, is_y = self.encode(xy, mixed, single, l_xy)
+        h_xy, h_x, h_y, is_x, is_y, (h_cy, h_cx) = self.encode(xy, mixed, single, l_xy, l_cy, l_cx)
 
         # Next-item heads on the last `loss_positions` merged positions.
         u = min(cfg.loss_positions, L)
@@ -330,8 +333,6 @@ class C2DSR(Recommender):
 
         # Contrastive infomax: single-domain rep vs the merged rep pooled over the other domain's
         # positions, real or from a sequence whose other-domain items were replaced at random.
-        h_cy = self.enc_xy(mixed[l_cy], xy != self.pad_id)
-        h_cx = self.enc_xy(mixed[l_cx], xy != self.pad_id)
 
         def pool(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             m = m.float()
@@ -358,7 +359,7 @@ class C2DSR(Recommender):
     def user_state(self, batch: Batch, domain: int) -> torch.Tensor:
         """(B, d): shared state after the last item + the domain's specific state at its last item."""
         mixed, single, (local,) = self.item_tables(batch.xy)
-        h_xy, h_x, h_y, _, _ = self.encode(batch.xy, mixed, single, local)
+        h_xy, h_x, h_y, _, _, _ = self.encode(batch.xy, mixed, single, local)
         return h_xy[:, -1] + (h_x if domain == 0 else h_y)[:, -1]
 
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
