@@ -65,6 +65,22 @@ def test_c2dsr_sampled_softmax_learns(tiny_dir, pop_mrr, tmp_path):
     assert res.valid["c2dsr"].mean_mrr() > pop_mrr + 0.03
 
 
+def test_c2dsr_samples_only_where_a_domain_is_larger_than_k(tiny_dir):
+    from llmemf.models.base import build_model
+
+    bundle = DataBundle(Dataset.load(tiny_dir), max_len=10)
+    batch = next(bundle.train.iter_batches(16, shuffle=False))
+    smallest = min(hi - lo for lo, hi in (bundle.domain_range(0), bundle.domain_range(1)))
+    losses = {}
+    for k in (0, smallest, smallest - 1):
+        torch.manual_seed(0)
+        model = build_model("c2dsr", {"hidden": 16, "dropout": 0.0, "train_negatives": k}, bundle)
+        torch.manual_seed(1)  # the same corrupted sequences for every k
+        losses[k] = model.loss(batch).item()
+    assert losses[smallest] == losses[0]  # k covers the domain: the exact full softmax
+    assert losses[smallest - 1] != losses[0]
+
+
 def test_c2dsr_corrected_sampled_softmax_estimates_the_full_one(tiny_dir):
     """With each negative weighted n_domain / k, the sampled cross-entropy is a consistent estimate
     of the full softmax's; without the weight it measures a partition function k / n_domain too

@@ -15,7 +15,7 @@ import torch
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.training.trainer import RunDirBusy, load_run, train
+from llmemf.training.trainer import RunDirBusy, RunDirConflict, load_run, train
 
 
 def _cfg(ds_root, out, *extra):
@@ -79,6 +79,22 @@ def test_a_run_directory_trains_in_one_process_at_a_time(tiny_dataset, tiny_bund
             train(cfg, tiny_bundle, log=lambda *_: None)
         assert not (tmp_path / "r" / "metrics.jsonl").exists()
     assert train(cfg, tiny_bundle, log=lambda *_: None).best_epoch == 1  # free again once it lets go
+
+
+def test_a_checkpoint_resumes_only_under_its_own_experiment(tiny_dataset, tiny_bundle, tmp_path):
+    quiet = lambda *_: None  # noqa: E731
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1", "model.hidden=16"), tiny_bundle, log=quiet)
+    stored = (run / "config.yaml").read_text()
+    other = _cfg(tiny_dataset.root, run, "train.epochs=1", "model.hidden=16", "train.lr=0.01")
+    with pytest.raises(RunDirConflict, match="different experiment"):
+        train(other, tiny_bundle, log=quiet)
+    assert (run / "config.yaml").read_text() == stored  # the run directory is left as it was
+    # More threads, or more epochs, continue the same experiment: it resumes after epoch 1.
+    longer = train(_cfg(tiny_dataset.root, run, "train.epochs=2", "model.hidden=16", "train.threads=1"), tiny_bundle, log=quiet)
+    assert len(longer.epoch_seconds) == 2
+    # Starting over on purpose is allowed.
+    assert train(other, tiny_bundle, resume=False, log=quiet).best_epoch >= 1
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, make_tiny):

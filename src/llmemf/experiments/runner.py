@@ -6,18 +6,17 @@ an interrupted sweep resumes: finished runs are reused, the one in progress resu
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmemf.config import RunConfig, config_to_yaml, load_config
+from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.models.base import check_model_params
 from llmemf.reporting.tables import load_results
-from llmemf.training.trainer import train
+from llmemf.training.trainer import same_experiment, train
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -43,21 +42,6 @@ def model_config_file(name: str) -> Path | None:
 
 def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list[str] | None = None) -> RunConfig:
     return load_config(model_config_file(model), [f"model.name={model}", f"dataset={dataset}", f"out={out}", *(overrides or [])])
-
-
-def same_experiment(a: RunConfig, b: RunConfig) -> bool:
-    """Equal configs up to how they execute (threads, progress bar) and where the run directory
-    lives, with every model field resolved to its value (a default written out equals a default
-    left out): a sweep resumed with more threads, after a model gained a field, or given a finished
-    run directory copied in from elsewhere, reuses its finished runs."""
-
-    def normalised(c: RunConfig) -> str:
-        cls = check_model_params(c.model_name, c.model_params)
-        model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
-        c = dataclasses.replace(c, out="", model=model, train=dataclasses.replace(c.train, threads=0, progress=True))
-        return config_to_yaml(c)
-
-    return normalised(a) == normalised(b)
 
 
 def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:

@@ -15,6 +15,7 @@ A run directory holds:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -34,7 +35,7 @@ from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset, atomic_write_bytes
 from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
-from llmemf.models.base import Recommender, build_model
+from llmemf.models.base import Recommender, build_model, check_model_params
 
 
 def seed_everything(seed: int) -> None:
@@ -149,6 +150,28 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused or None)
 
 
+def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
+    """Equal configs up to how they execute (threads, progress bar) and where the run directory
+    lives, with every model field resolved to its value (a default written out equals a default
+    left out): a sweep resumed with more threads, after a model gained a field, or given a finished
+    run directory copied in from elsewhere, reuses its finished runs. ``longer``: also ignore when
+    training stops (epochs, patience, max_minutes), which is what resuming to train longer changes."""
+
+    def normalised(c: RunConfig) -> str:
+        cls = check_model_params(c.model_name, c.model_params)
+        model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
+        train = dataclasses.replace(c.train, threads=0, progress=True)
+        if longer:
+            train = dataclasses.replace(train, epochs=0, patience=0, max_minutes=0.0)
+        return config_to_yaml(dataclasses.replace(c, out="", model=model, train=train))
+
+    return normalised(a) == normalised(b)
+
+
+class RunDirConflict(RuntimeError):
+    """The run directory holds a checkpoint of a different experiment than the one asked to resume."""
+
+
 class RunDirBusy(RuntimeError):
     pass
 
@@ -177,6 +200,17 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
 
 
 def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: bool, log) -> TrainResult:
+    stored = run_dir / "config.yaml"
+    if resume and (run_dir / "last.pt").exists() and stored.exists():
+        try:
+            same = same_experiment(load_config(stored), cfg, longer=True)
+        except ValueError:  # the stored config names a field the model no longer has
+            same = False
+        if not same:  # resuming would continue another experiment's weights under this config
+            raise RunDirConflict(
+                f"{run_dir} holds a checkpoint of a different experiment ({stored} differs from this config): "
+                "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
+            )
     atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
