@@ -16,7 +16,7 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.models.base import check_model_params
 from llmemf.reporting.tables import load_results
-from llmemf.training.trainer import same_experiment, train
+from llmemf.training.trainer import matches_stored_experiment, train
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -47,14 +47,9 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
 def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
     """Train unless the run directory already holds results for this exact config."""
     out = Path(cfg.out)
-    if (out / "results.json").exists() and (out / "config.yaml").exists():
-        try:
-            reuse = same_experiment(load_config(out / "config.yaml"), cfg)
-        except ValueError:  # the stored config names a field the model no longer has
-            reuse = False
-        if reuse:
-            log(f"  reusing {out}")
-            return load_results(out)
+    if (out / "results.json").exists() and matches_stored_experiment(out, cfg):
+        log(f"  reusing {out}")
+        return load_results(out)
     t0 = time.perf_counter()
     train(cfg, bundle, log=lambda s: log("  " + s))
     log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")

@@ -168,6 +168,18 @@ def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
     return normalised(a) == normalised(b)
 
 
+def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = False) -> bool:
+    """Whether ``run_dir/config.yaml`` exists and is ``same_experiment`` as ``cfg``; a stored config
+    naming a field the model no longer has is a different experiment."""
+    stored = run_dir / "config.yaml"
+    if not stored.exists():
+        return False
+    try:
+        return same_experiment(load_config(stored), cfg, longer=longer)
+    except ValueError:
+        return False
+
+
 class RunDirConflict(RuntimeError):
     """The run directory holds a checkpoint of a different experiment than the one asked to resume."""
 
@@ -201,17 +213,13 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
 
 def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: bool, log) -> TrainResult:
     stored = run_dir / "config.yaml"
-    if resume and (run_dir / "last.pt").exists() and stored.exists():
-        try:
-            same = same_experiment(load_config(stored), cfg, longer=True)
-        except ValueError:  # the stored config names a field the model no longer has
-            same = False
-        if not same:  # resuming would continue another experiment's weights under this config
-            raise RunDirConflict(
-                f"{run_dir} holds a checkpoint of a different experiment ({stored} differs from this config): "
-                "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
-            )
-    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
+    # Resuming under another config would continue that experiment's weights as if they were this one's.
+    if resume and (run_dir / "last.pt").exists() and stored.exists() and not matches_stored_experiment(run_dir, cfg, longer=True):
+        raise RunDirConflict(
+            f"{run_dir} holds a checkpoint of a different experiment ({stored} differs from this config): "
+            "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
+        )
+    atomic_write_bytes(stored, config_to_yaml(cfg).encode())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
