@@ -6,8 +6,28 @@ import json
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-EMF and baselines for cross-domain sequential recommendation.")
+from llmemf.errors import UserError
+
+
+class _ErrorPolicyGroup(TyperGroup):
+    """Applies llmemf.errors' policy to every command: a UserError is one line on stderr and exit 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            typer.secho(f"error: {e.one_line()}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_ErrorPolicyGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="LLM-EMF and baselines for cross-domain sequential recommendation.",
+)
 prepare_app = typer.Typer(no_args_is_help=True, help="Build a dataset directory (Parquet + manifest).")
 app.add_typer(prepare_app, name="prepare")
 

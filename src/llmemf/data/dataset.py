@@ -29,12 +29,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmemf.errors import UserError
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 ITEM_COLUMNS = ("item_id", "domain", "original_id", "title", "description", "image", "llm_text")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset directory that does not follow the format; the message names file and item."""
 
 
