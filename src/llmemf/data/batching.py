@@ -41,6 +41,12 @@ class Batch:
         return self.xy.shape[0]
 
 
+def domain_masks(items: torch.Tensor, n_x: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_x, is_y) boolean masks of a padded id tensor: global ids below ``n_x`` are domain X, the rest
+    up to ``pad_id`` domain Y. The one definition of which positions belong to which domain."""
+    return items < n_x, (items >= n_x) & (items != pad_id)
+
+
 def left_pad(seqs: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, width) int64 matrix, each row's last ``width`` items right-aligned; and the row lengths."""
     out = np.full((len(seqs), max(width, 1)), pad_id, dtype=np.int64)
