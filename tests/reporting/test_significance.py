@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from llmemf.reporting.significance import paired_comparison
+
+
+def test_a_clearly_better_model_is_significant_and_its_gain_is_in_the_interval():
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 200, size=400)
+    better = np.maximum(1, base // 2)  # every user's target ranked twice as high
+    res = paired_comparison(better, base, seed=1)
+    assert res.n_users == 400
+    assert res.mrr_a == pytest.approx(np.mean(1 / better))
+    assert res.mrr_b == pytest.approx(np.mean(1 / base))
+    assert res.wilcoxon_p < 1e-6
+    gain = np.mean(1 / better - 1 / base)
+    assert res.bootstrap_low < gain < res.bootstrap_high
+    assert res.bootstrap_low > 0
+    assert res.relative_gain == pytest.approx((res.mrr_a - res.mrr_b) / res.mrr_b)
+
+
+def test_relabelled_noise_is_not_significant():
+    rng = np.random.default_rng(3)
+    a = rng.integers(1, 1000, size=300)
+    b = rng.permutation(a)  # same distribution, users shuffled: no systematic difference
+    res = paired_comparison(a, b, seed=2)
+    assert res.wilcoxon_p > 0.01
+    assert res.bootstrap_low < 0 < res.bootstrap_high
+
+
+def test_identical_runs_give_p_one_and_a_zero_interval():
+    r = np.array([1, 5, 9, 2])
+    res = paired_comparison(r, r)
+    assert res.wilcoxon_p == 1.0
+    assert res.bootstrap_low == res.bootstrap_high == 0.0
+
+
+def test_unpaired_inputs_are_refused():
+    with pytest.raises(ValueError, match="one length"):
+        paired_comparison(np.array([1, 2]), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="no users"):
+        paired_comparison(np.array([]), np.array([]))
