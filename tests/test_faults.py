@@ -103,6 +103,7 @@ def test_broken_dataset_is_one_line(kind, needle, ds_dir, tmp_path):
         ("sasrec", ["eval.protocols=[foo]"], "eval.protocols"),
         ("sasrec", ["train.epochs=-3"], "train.epochs=-3: must be >= 0"),
         ("sasrec", ["train.epochs=0"], "needs at least 1 epoch"),
+        ("sasrec", ["train.patience=0"], "would stop before its first epoch"),
         ("llmemf", ["model.modalities=[img]"], "must include 'id'"),
     ],
 )

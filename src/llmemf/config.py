@@ -82,8 +82,10 @@ class TrainConfig:
     progress: bool = True  # progress bar with loss and ETA
 
     def __post_init__(self) -> None:
+        # epochs and patience may be 0 here (closed-form models ignore them; the trainer's config comparison
+        # zeroes them); check_run_config asks a trainable model for at least 1 of each.
         check_fields(
-            self, "train.", positive=("lr", "batch_size", "patience"), nonneg=("weight_decay", "epochs", "grad_clip", "max_minutes", "threads")
+            self, "train.", positive=("lr", "batch_size"), nonneg=("weight_decay", "epochs", "patience", "grad_clip", "max_minutes", "threads")
         )
 
 
@@ -151,6 +153,8 @@ def check_run_config(cfg: RunConfig) -> None:
     cls.Config(**cfg.model_params)  # the model's own ranges and choices (__post_init__)
     if cls.trainable and cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: {name} is trained by gradient steps and needs at least 1 epoch")
+    if cls.trainable and cfg.train.patience < 1:
+        raise ConfigError(f"train.patience={cfg.train.patience}: {name} would stop before its first epoch; give at least 1")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
