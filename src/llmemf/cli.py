@@ -232,7 +232,11 @@ def show(path: Path = typer.Argument(..., help="a dataset directory or a run dir
     """Print a dataset manifest or a run's results.json."""
     for name in ("manifest.json", "results.json"):
         if (path / name).exists():
-            typer.echo(json.dumps(json.loads((path / name).read_text()), indent=2))
+            try:
+                doc = json.loads((path / name).read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise UserError(f"{path / name}: unreadable JSON ({e}); the file is damaged") from None
+            typer.echo(json.dumps(doc, indent=2))
             return
     raise UserError(f"{path}: neither a dataset (manifest.json) nor a run (results.json)")
 
