@@ -198,8 +198,7 @@ def evaluate(
     dataset: Path | None = typer.Option(None, help="evaluate on another dataset directory with the same items"),
 ) -> None:
     """Evaluate a trained model and print the per-domain tables."""
-    from llmemf.config import PROTOCOLS
-    from llmemf.evaluation.protocols import format_table
+    from llmemf.evaluation.protocols import PROTOCOLS, format_table
     from llmemf.experiments.commands import check_run
     from llmemf.training.trainer import evaluate_all, load_run
 

@@ -15,9 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llmemf.errors import UserError
-
-PROTOCOLS = ("c2dsr", "full")  # evaluation/protocols.py implements them
-TIES = ("pessimistic", "average", "strict")
+from llmemf.evaluation.protocols import PROTOCOLS, TIES
 
 
 class ConfigError(UserError, ValueError):
