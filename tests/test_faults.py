@@ -201,6 +201,22 @@ def test_features_of_a_regenerated_dataset_are_refused(tmp_path):
     assert old.manifest.content_hash in line and new.manifest.content_hash in line
 
 
+def test_embed_recomputes_for_a_regenerated_dataset_with_the_same_texts(tmp_path):
+    """The way out the error names works: embed does not call the old feature up to date."""
+    from feature_helpers import make_image_dataset
+
+    from llmemf.features.embed import EmbedConfig, embed
+
+    make_image_dataset(tmp_path / "ds", n_x=6, n_y=6, seed=0)
+    cfg = EmbedConfig(features=["txt_title"], progress=False)
+    assert list(embed(tmp_path / "ds", cfg, log=lambda s: None).written) == ["txt_title"]
+    make_image_dataset(tmp_path / "ds", n_x=6, n_y=6, seed=1)  # same titles, other users: another dataset
+    with pytest.raises(FeatureError, match="was computed for dataset"):
+        load_feature(tmp_path / "ds", "txt_title")
+    assert list(embed(tmp_path / "ds", cfg, log=lambda s: None).written) == ["txt_title"]
+    assert load_feature(tmp_path / "ds", "txt_title").manifest.n_items == 12
+
+
 def test_features_computed_before_the_text_changed_are_refused(tmp_path):
     ds = make_tiny_dataset()
     ds.save(tmp_path / "ds")
