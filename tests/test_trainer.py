@@ -65,7 +65,8 @@ def test_bf16_training_is_the_models_choice_and_evaluation_stays_fp32(tiny_datas
 
 def test_early_stopping_patience(tiny_dataset, tiny_bundle, tmp_path):
     # lr=0: the model never changes, so validation never improves after epoch 1.
-    cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=20", "train.patience=3", "train.lr=0.0", "model.hidden=32")
+    cfg = _cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=20", "train.patience=3", "model.hidden=32")
+    cfg.train.lr = 0.0  # set past load_config, which refuses lr <= 0 from a user
     res = train(cfg, tiny_bundle, log=lambda *_: None)
     assert res.best_epoch == 1 and len(res.epoch_seconds) == 4
 

@@ -32,9 +32,17 @@ prepare_app = typer.Typer(no_args_is_help=True, help="Build a dataset directory 
 app.add_typer(prepare_app, name="prepare")
 
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+OVERWRITE_HELP = "replace the dataset already in OUT (its tables and features/ are removed first)"
+
+
+def _save_prepared(ds, out: Path, overwrite: bool) -> None:
+    """Remove what an old dataset in OUT owned (refused without --overwrite), then write ``ds``."""
+    from llmemf.data.dataset import prepare_output_dir
+
+    removed = prepare_output_dir(out, overwrite)
+    if removed:
+        typer.echo(f"--overwrite: removed the old dataset's {', '.join(removed)}")
+    ds.save(out)
 
 
 def _summarise_dataset(ds, out: Path) -> None:
@@ -54,23 +62,31 @@ def _summarise_dataset(ds, out: Path) -> None:
         typer.echo(f"  metadata from {join['file']}: {join['matched_items']} items matched, filled {join['filled']}")
 
 
+def _domain_names(spec: str | None) -> tuple[str, str] | None:
+    if spec is None:
+        return None
+    names = tuple(n.strip() for n in spec.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise UserError(f"--domains {spec!r}: give two distinct names separated by a comma, e.g. Food,Kitchen")
+    return names
+
+
 @prepare_app.command("c2dsr")
 def prepare_c2dsr(
     directory: Path = typer.Argument(..., help="C2DSR scenario directory (Alist.txt, Blist.txt, *data_new.txt)"),
     out: Path = typer.Argument(..., help="output dataset directory"),
     items: Path | None = typer.Option(None, "--items", help="item metadata CSV/TSV/Parquet keyed by ASIN / original_id"),
     domains: str | None = typer.Option(None, help="domain names 'X,Y' (default: from the directory name)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Import a C2DSR-format scenario (e.g. Food-Kitchen)."""
     from llmemf.data.c2dsr import import_c2dsr
-    from llmemf.data.dataset import DatasetError
+    from llmemf.data.dataset import prepare_output_dir
 
-    names = tuple(domains.split(",")) if domains else None
-    try:
-        ds = import_c2dsr(directory, names, items)
-        ds.save(out)
-    except (DatasetError, FileNotFoundError) as e:
-        _fail(str(e))
+    prepare_output_dir(out, overwrite, remove=False)  # refuse before the work, remove after it succeeded
+    names = _domain_names(domains)
+    ds = import_c2dsr(directory, names, items)
+    _save_prepared(ds, out, overwrite)
     _summarise_dataset(ds, out)
 
 
@@ -78,14 +94,16 @@ def prepare_c2dsr(
 def prepare_synthetic(
     out: Path = typer.Argument(Path("data/synthetic"), help="output dataset directory"),
     overrides: list[str] = typer.Argument(None, help="size/seed overrides, e.g. n_users=2000 seed=1"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Generate the embedded two-domain shop (items, titles, descriptions, PNG images, users)."""
+    from llmemf.data.dataset import prepare_output_dir
     from llmemf.data.synthetic import SyntheticConfig, generate_synthetic
 
-    try:
-        cfg = SyntheticConfig.from_overrides(overrides or [])
-    except ValueError as e:
-        _fail(str(e))
+    cfg = SyntheticConfig.from_overrides(overrides or [])
+    removed = prepare_output_dir(out, overwrite)  # the generator writes images into OUT as it goes
+    if removed:
+        typer.echo(f"--overwrite: removed the old dataset's {', '.join(removed)}")
     ds = generate_synthetic(cfg, out)
     _summarise_dataset(ds, out)
 
@@ -101,24 +119,23 @@ def prepare_log(
     max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
     eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
     max_bad_fraction: float = typer.Option(0.01, help="fail if more than this fraction of rows is unusable"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Build a dataset from a generic two-domain interaction log with the paper's filters and split."""
-    from llmemf.data.dataset import DatasetError
+    from llmemf.data.dataset import prepare_output_dir
     from llmemf.data.logs import LogOptions, import_log
 
+    prepare_output_dir(out, overwrite, remove=False)
     opts = LogOptions(
-        domains=tuple(domains.split(",")) if domains else None,
+        domains=_domain_names(domains),
         min_count=min_count,
         min_per_domain=min_per_domain,
         max_len=max_len,
         eval_fraction=eval_fraction,
         max_bad_fraction=max_bad_fraction,
     )
-    try:
-        ds, report = import_log(file, opts, items_file=items)
-        ds.save(out)
-    except (DatasetError, FileNotFoundError) as e:
-        _fail(str(e))
+    ds, report = import_log(file, opts, items_file=items)
+    _save_prepared(ds, out, overwrite)
     typer.echo(report.summary())
     _summarise_dataset(ds, out)
 
@@ -128,16 +145,17 @@ def prepare_subset(
     dataset: Path = typer.Argument(..., help="an existing dataset directory"),
     out: Path = typer.Argument(..., help="output dataset directory"),
     top_items: int = typer.Option(..., "--top-items", help="keep this many of each domain's most frequent training items"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Cut a dataset down to each domain's most popular items, keeping its users, splits and protocol."""
-    from llmemf.data.dataset import Dataset, DatasetError
+    from llmemf.data.dataset import Dataset, prepare_output_dir
     from llmemf.data.subset import popular_subset
 
-    try:
-        ds = popular_subset(Dataset.load(dataset), top_items)
-        ds.save(out)
-    except (DatasetError, FileNotFoundError) as e:
-        _fail(str(e))
+    if Path(out).resolve() == Path(dataset).resolve():
+        raise UserError(f"{out}: the subset cannot replace the dataset it is cut from; choose another output directory")
+    prepare_output_dir(out, overwrite, remove=False)
+    ds = popular_subset(Dataset.load(dataset), top_items)
+    _save_prepared(ds, out, overwrite)
     _summarise_dataset(ds, out)
     typer.echo("  feature files are not carried over: run `llmemf embed` on the subset")
 
@@ -180,9 +198,15 @@ def evaluate(
     dataset: Path | None = typer.Option(None, help="evaluate on another dataset directory with the same items"),
 ) -> None:
     """Evaluate a trained model and print the per-domain tables."""
-    from llmemf.evaluation.protocols import format_table
+    from llmemf.evaluation.protocols import PROTOCOLS, format_table
+    from llmemf.experiments.commands import check_run
     from llmemf.training.trainer import evaluate_all, load_run
 
+    if split not in ("valid", "test"):
+        raise UserError(f"--split {split!r}: choose valid or test")
+    if bad := [p for p in protocol if p not in PROTOCOLS]:
+        raise UserError(f"--protocol {bad[0]!r}: choose from {', '.join(PROTOCOLS)}")
+    check_run(checkpoint)
     cfg, bundle, model = load_run(checkpoint, dataset=str(dataset) if dataset else None)
     cfg.eval.protocols = list(protocol)
     for res in evaluate_all(model, cfg, bundle, split).values():
@@ -207,26 +231,25 @@ def show(path: Path = typer.Argument(..., help="a dataset directory or a run dir
     """Print a dataset manifest or a run's results.json."""
     for name in ("manifest.json", "results.json"):
         if (path / name).exists():
-            typer.echo(json.dumps(json.loads((path / name).read_text()), indent=2))
+            try:
+                doc = json.loads((path / name).read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise UserError(f"{path / name}: unreadable JSON ({e}); the file is damaged") from None
+            typer.echo(json.dumps(doc, indent=2))
             return
-    _fail(f"{path}: neither a dataset (manifest.json) nor a run (results.json)")
+    raise UserError(f"{path}: neither a dataset (manifest.json) nor a run (results.json)")
 
 
-def _register_optional_commands() -> None:
-    """Stage modules that add their own commands (features, experiments, serving)."""
-    import importlib
+def _register_stage_commands() -> None:
+    """Stage modules that add their own commands (their heavy imports stay inside the commands)."""
+    from llmemf.experiments import commands as experiment_commands
+    from llmemf.features import commands as feature_commands
 
-    for module in ("llmemf.features.commands", "llmemf.experiments.commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name not in (module, module.rpartition(".")[0]):  # the stage (or its package) is not installed
-                raise
-            continue
-        mod.register(app)
+    feature_commands.register(app)
+    experiment_commands.register(app)
 
 
-_register_optional_commands()
+_register_stage_commands()
 
 
 if __name__ == "__main__":

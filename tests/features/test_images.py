@@ -4,84 +4,19 @@ type, flaky, hanging and missing images; content-addressed store; re-runs skip w
 from __future__ import annotations
 
 import hashlib
-import io
-import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 from feature_helpers import make_image_dataset
-from PIL import Image
+from servers import GOOD, OTHER, serve_images
 
 from llmemf.features.images import ImageIndex, ImagesConfig, download_images, resolve_images
 
 
-def _png(seed: int, size: int = 48) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-GOOD, OTHER, BIG = _png(0), _png(1), _png(2, size=300)  # BIG: ~270 kB of noise, over the 100 kB cap
-
-
 @pytest.fixture
 def image_server():
-    hits: Counter[str] = Counter()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, ctype: str, length: bool = True) -> None:
-            self.send_response(status)
-            self.send_header("content-type", ctype)
-            if length:
-                self.send_header("content-length", str(len(body)))
-            else:
-                self.send_header("connection", "close")
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout or size cap): expected
-                return
-            if not length:
-                self.close_connection = True
-
-        def do_GET(self) -> None:  # noqa: N802
-            path = self.path
-            hits[path] += 1
-            if path in ("/good.png", "/same-bytes.png"):
-                self._send(200, GOOD, "image/png")
-            elif path == "/other.png":
-                self._send(200, OTHER, "image/png; charset=binary")
-            elif path == "/broken.png":
-                self._send(200, GOOD[:200], "image/png")  # truncated: header fine, pixels missing
-            elif path == "/big.png":
-                self._send(200, BIG, "image/png")
-            elif path == "/big-nolength.png":
-                self._send(200, BIG, "image/png", length=False)  # no content-length: caught while streaming
-            elif path == "/page.png":
-                self._send(200, b"<html>not an image</html>", "text/html")
-            elif path == "/flaky.png":
-                self._send(503, b"busy", "text/plain") if hits[path] == 1 else self._send(200, OTHER, "image/png")
-            elif path == "/hang.png":
-                time.sleep(6)
-                self._send(200, GOOD, "image/png")
-            else:
-                self._send(404, b"no", "text/plain")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
-    server.server_close()
+    with serve_images() as (base, hits):
+        yield base, hits
 
 
 def test_download_checks_store_and_rerun(tmp_path, image_server):
@@ -109,7 +44,11 @@ def test_download_checks_store_and_rerun(tmp_path, image_server):
     assert paths[3] is None and paths[10] == tmp_path / "ds/images/0.png" and paths[11] is None
 
     before = hits.copy()
-    res2 = download_images(tmp_path / "ds", cfg, log=lambda s: None)
+    res2 = download_images(tmp_path / "ds", cfg, log=lambda s: None)  # failures of the first run are skipped
+    assert (res2.n_skipped, res2.n_failed_before, res2.n_downloaded, res2.n_failed) == (4, 6, 0, 0)
+    assert hits == before
+    retry = ImagesConfig(**{**cfg.__dict__, "retry_failed": True})
+    res2 = download_images(tmp_path / "ds", retry, log=lambda s: None)  # --retry-failed
     assert res2.n_skipped == 4 and res2.n_downloaded == 0 and res2.n_failed == 6
     assert all(hits[f"/{n}.png"] == before[f"/{n}.png"] for n in ("good", "same-bytes", "other", "flaky"))  # done: not fetched again
     idx = ImageIndex(tmp_path / "ds")

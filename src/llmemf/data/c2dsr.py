@@ -21,22 +21,35 @@ from llmemf.data.metadata import join_item_metadata
 SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
 
 
+def _lines(path: Path):
+    """(line number, line) of a UTF-8 text file; a DatasetError naming the file and line otherwise."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing (a C2DSR scenario needs Alist.txt, Blist.txt, {', '.join(SPLIT_FILES.values())})")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start}); convert the file to UTF-8") from None
+
+
 def _read_item_list(path: Path) -> list[str]:
     """ASINs ordered by local index."""
     asins: dict[int, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3:
-                raise DatasetError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_idx', got {line.strip()!r}")
-            try:
-                idx = int(parts[2])
-            except ValueError:
-                raise DatasetError(f"{path}:{lineno}: local index {parts[2]!r} is not an integer") from None
-            if idx in asins:
-                raise DatasetError(f"{path}:{lineno}: local index {idx} appears twice")
-            asins[idx] = parts[1]
+    for lineno, line in _lines(path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3:
+            raise DatasetError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_idx', got {line.strip()!r}")
+        try:
+            idx = int(parts[2])
+        except ValueError:
+            raise DatasetError(f"{path}:{lineno}: local index {parts[2]!r} is not an integer") from None
+        if idx in asins:
+            raise DatasetError(f"{path}:{lineno}: local index {idx} appears twice")
+        asins[idx] = parts[1]
     n = len(asins)
+    if n == 0:
+        raise DatasetError(f"{path}: no items; a domain needs at least one 'raw_id<TAB>ASIN<TAB>local_idx' line")
     if sorted(asins) != list(range(n)):
         raise DatasetError(f"{path}: local indices are not 0..{n - 1}")
     return [asins[i] for i in range(n)]
@@ -44,26 +57,25 @@ def _read_item_list(path: Path) -> list[str]:
 
 def _read_sequences(path: Path, n_items: int) -> list[tuple[str, list[int], list[int]]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = [x for x in line.rstrip("\n").split("\t") if x]
-            if not fields:
-                continue
-            if len(fields) < 3:
-                raise DatasetError(f"{path}:{lineno}: expected 'user<TAB>seq_id<TAB>item|ts|date|...'")
-            user = fields[0]
-            items, stamps = [], []
-            for tok in fields[2:]:
-                parts = tok.split("|")
-                try:
-                    item, ts = int(parts[0]), int(parts[1])
-                except (ValueError, IndexError):
-                    raise DatasetError(f"{path}:{lineno}: cannot parse interaction {tok!r} (want 'item|ts|date|')") from None
-                if not 0 <= item < n_items:
-                    raise DatasetError(f"{path}:{lineno}: item {item} outside 0..{n_items - 1}")
-                items.append(item)
-                stamps.append(ts)
-            rows.append((user, items, stamps))
+    for lineno, line in _lines(path):
+        fields = [x for x in line.rstrip("\n").split("\t") if x]
+        if not fields:
+            continue
+        if len(fields) < 3:
+            raise DatasetError(f"{path}:{lineno}: expected 'user<TAB>seq_id<TAB>item|ts|date|...'")
+        user = fields[0]
+        items, stamps = [], []
+        for tok in fields[2:]:
+            parts = tok.split("|")
+            try:
+                item, ts = int(parts[0]), int(parts[1])
+            except (ValueError, IndexError):
+                raise DatasetError(f"{path}:{lineno}: cannot parse interaction {tok!r} (want 'item|ts|date|')") from None
+            if not 0 <= item < n_items:
+                raise DatasetError(f"{path}:{lineno}: item {item} outside 0..{n_items - 1}")
+            items.append(item)
+            stamps.append(ts)
+        rows.append((user, items, stamps))
     return rows
 
 
@@ -75,6 +87,8 @@ def import_c2dsr(
 ) -> Dataset:
     """Read a C2DSR scenario directory into a Dataset (not yet saved)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: no such directory (a C2DSR scenario directory with Alist.txt, Blist.txt, *data_new.txt)")
     if domain_names is None:
         parts = directory.name.split("-")
         domain_names = (parts[0], parts[1]) if len(parts) == 2 else ("X", "Y")
@@ -88,9 +102,9 @@ def import_c2dsr(
     splits = {}
     for split, fname in SPLIT_FILES.items():
         path = directory / fname
-        if not path.exists():
-            raise DatasetError(f"{path}: missing (a C2DSR scenario needs {', '.join(SPLIT_FILES.values())})")
         rows = _read_sequences(path, n_a + n_b)
+        if not rows:
+            raise DatasetError(f"{path}: no sequences; every split needs at least one 'user<TAB>seq_id<TAB>item|ts|date|...' line")
         records = []
         for lineno, (user, seq, stamps) in enumerate(rows, 1):
             if split == "train":

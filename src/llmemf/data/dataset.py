@@ -33,7 +33,7 @@ from llmemf.errors import UserError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
-ITEM_COLUMNS = ("item_id", "domain", "original_id", "title", "description", "image", "llm_text")
+ITEM_COLUMNS = ("item_id", "domain", "original_id", "title", "description", "image", "llm_text", "llm_model")
 
 
 class DatasetError(UserError, ValueError):
@@ -80,6 +80,8 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
         raw["domains"] = [DomainInfo(**d) for d in raw["domains"]]
+        if len(raw["domains"]) != 2:
+            raise ValueError(f"{len(raw['domains'])} domains, llmemf needs 2")
         return cls(**raw)
 
 
@@ -121,8 +123,17 @@ _ITEM_SCHEMA = pa.schema(
         ("description", pa.string()),
         ("image", pa.string()),
         ("llm_text", pa.string()),
+        ("llm_model", pa.string()),  # which backend:model wrote llm_text (null where there is none)
     ]
 )
+
+
+def _items_table(items: pd.DataFrame) -> pa.Table:
+    items = items.copy()
+    for col in ITEM_COLUMNS:
+        if col not in items:
+            items[col] = None
+    return pa.Table.from_pandas(items[list(ITEM_COLUMNS)], schema=_ITEM_SCHEMA, preserve_index=False)
 
 
 def _sequence_schema(with_target: bool) -> pa.Schema:
@@ -203,11 +214,7 @@ class Dataset:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.validate()
-        items = self.items.copy()
-        for col in ITEM_COLUMNS:
-            if col not in items:
-                items[col] = None
-        atomic_write_table(root / "items.parquet", pa.Table.from_pandas(items[list(ITEM_COLUMNS)], schema=_ITEM_SCHEMA, preserve_index=False))
+        atomic_write_table(root / "items.parquet", _items_table(self.items))
         for split in SPLITS:
             df = self.splits[split]
             schema = _sequence_schema(split != "train")
@@ -221,10 +228,7 @@ class Dataset:
     def save_items(self) -> None:
         """Rewrite only items.parquet (e.g. after enrichment filled llm_text)."""
         assert self.root is not None, "dataset has no directory yet"
-        atomic_write_table(
-            self.root / "items.parquet",
-            pa.Table.from_pandas(self.items[list(ITEM_COLUMNS)], schema=_ITEM_SCHEMA, preserve_index=False),
-        )
+        atomic_write_table(self.root / "items.parquet", _items_table(self.items))
 
     @classmethod
     def load(cls, root: str | Path) -> Dataset:
@@ -234,15 +238,74 @@ class Dataset:
             raise DatasetError(f"{root}: not a llmemf dataset (no manifest.json); create one with `llmemf prepare`")
         try:
             manifest = Manifest.from_json(mpath.read_text())
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise DatasetError(f"{mpath}: unreadable manifest ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError) as e:
+            raise DatasetError(f"{mpath}: unreadable manifest ({e}); re-create the dataset with `llmemf prepare`") from None
         if manifest.format_version > FORMAT_VERSION:
             raise DatasetError(f"{mpath}: format_version {manifest.format_version} is newer than this llmemf")
-        items = pq.read_table(root / "items.parquet").to_pandas()
-        splits = {s: pq.read_table(root / f"{s}.parquet").to_pandas() for s in SPLITS}
+        items = _read_parquet(root / "items.parquet", _ITEM_SCHEMA.names[:2])
+        for col in ITEM_COLUMNS[2:]:  # nullable; llm_model came later (datasets written before it lack it)
+            if col not in items:
+                items[col] = pd.Series([None] * len(items), dtype=object)
+        splits = {s: _read_parquet(root / f"{s}.parquet", _sequence_schema(s != "train").names) for s in SPLITS}
         ds = cls(manifest=manifest, items=items, splits=splits, root=root)
         ds.validate()
         return ds
+
+
+# What a dataset directory owns besides its tables: removed by `prepare --overwrite` (features describe
+# the old items; the synthetic generator's extras describe the old shop). Content-keyed caches stay:
+# llm_cache.sqlite (keyed by prompt + model) and images_store/ (keyed by URL) are right for any dataset.
+OWNED = ("manifest.json", "items.parquet", *(f"{s}.parquet" for s in SPLITS), "features")
+SYNTHETIC_OWNED = ("images", "cold_items.json", "attributes.parquet", "synthetic.json")
+
+
+def prepare_output_dir(out: str | Path, overwrite: bool, remove: bool = True) -> list[str]:
+    """Make ``out`` ready for a new dataset. An empty or new directory is used as is; a directory
+    holding a dataset is refused unless ``overwrite``, and then the old dataset's files are removed
+    (returns their names; ``remove=False`` only checks); any other non-empty directory is refused
+    (nothing of the user's is deleted)."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a directory; choose another output directory")
+    if not out.exists() or not any(out.iterdir()):
+        return []
+    if not (out / "manifest.json").exists():
+        raise DatasetError(f"{out}: not empty and not a llmemf dataset; choose an empty or new output directory")
+    if not overwrite:
+        raise DatasetError(
+            f"{out}: already holds a dataset; choose another output directory, or pass --overwrite to replace it "
+            "(removes its tables and features/; LLM text and downloaded images stay cached)"
+        )
+    owned = OWNED + (SYNTHETIC_OWNED if (out / "synthetic.json").exists() else ())
+    removed: list[str] = []
+    if not remove:
+        return removed
+    for name in owned:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _read_parquet(path: Path, required: list[str]) -> pd.DataFrame:
+    """A table of the dataset, or a DatasetError naming the file (missing, unreadable, a column missing)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; the dataset is incomplete, re-create it with `llmemf prepare`")
+    try:
+        df = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: unreadable ({e}); the file is damaged, re-create the dataset with `llmemf prepare`") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path}: no column(s) {missing} (has {list(df.columns)}); re-create the dataset with `llmemf prepare`")
+    return df
 
 
 def train_item_counts(ds: Dataset) -> np.ndarray:

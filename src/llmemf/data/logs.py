@@ -186,7 +186,7 @@ def import_log(file: str | Path, opts: LogOptions | None = None, items_file: str
     opts = opts or LogOptions()
     path = Path(file)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise DatasetError(f"{path}: no such file")
     if opts.min_count < 1 or opts.min_per_domain < 1 or opts.max_len < 2:
         raise DatasetError("min_count and min_per_domain must be >= 1, max_len >= 2")
     if not 0 < opts.eval_fraction < 0.5:

@@ -20,14 +20,22 @@ FIELD_COLUMNS = {
 def read_table(path: str | Path) -> pd.DataFrame:
     """CSV, TSV (optionally gzipped) or Parquet, chosen by suffix; every column read as text."""
     path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".parquet"):
-        return pd.read_parquet(path).astype("string")
+        try:
+            return pd.read_parquet(path).astype("string")
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DatasetError(f"{path}: unreadable Parquet ({' '.join(str(e).split())})") from None
     sep = "\t" if name.endswith((".tsv", ".tab")) else ","
+    kind = "TSV" if sep == "\t" else "CSV"
     try:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'} ({e})") from e
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: empty file (no header, no rows); a {kind} with a header line and rows is needed") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:  # EOFError/OSError: a truncated .gz
+        raise DatasetError(f"{path}: cannot parse as {kind} ({' '.join(str(e).split())})") from None
 
 
 def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:

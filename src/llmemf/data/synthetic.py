@@ -50,6 +50,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, atomic_write_bytes, atomic_write_table, make_items_frame, split_history_target
+from llmemf.errors import UserError
 
 DOMAINS = ("Apparel", "Home")
 CATEGORIES = (
@@ -90,7 +91,7 @@ DAY = 86_400
 EPOCH = 1_704_067_200  # 2024-01-01 00:00 UTC; all timestamps are unix seconds
 
 
-class SyntheticConfigError(ValueError):
+class SyntheticConfigError(UserError, ValueError):
     """An unknown key or a bad value in the synthetic generator's overrides."""
 
 

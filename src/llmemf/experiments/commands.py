@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from llmemf.data.dataset import atomic_write_bytes
+from llmemf.errors import UserError
 from llmemf.reporting.tables import PAPER_COLUMNS, cost_rows, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
 
 
@@ -28,6 +29,32 @@ def _write_tables(out: Path, stem: str, runs: dict[str, dict], columns=PAPER_COL
     return text
 
 
+def check_run(checkpoint: Path) -> None:
+    """A clear error for a --checkpoint that is not a trained run, before anything loads."""
+    run_dir = checkpoint.parent if checkpoint.is_file() else checkpoint
+    if not checkpoint.exists():
+        raise UserError(f"--checkpoint {checkpoint}: no such run directory or file; train one with `llmemf train`")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--checkpoint {checkpoint}: not a llmemf run directory (no config.yaml)")
+    if checkpoint.is_dir() and not (run_dir / "best.pt").is_file():
+        raise UserError(f"--checkpoint {checkpoint}: no best.pt (training has not finished an epoch); train it with `llmemf train`")
+
+
+def _parse_seeds(spec: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {spec!r}: give integers separated by commas, e.g. 1,2,3") from None
+    return seeds
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """Load the config once so that a bad key=value is one line now, not after the first run trained."""
+    from llmemf.config import load_config
+
+    load_config(None, overrides)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
@@ -44,12 +71,14 @@ def register(app: typer.Typer) -> None:
 
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if not names:
+            raise UserError(f"--models {models!r}: name at least one model (see `llmemf models`)")
         try:
-            configs = compare_configs(dataset, [m.strip() for m in models.split(",") if m.strip()], out, list(overrides or []))
-        except (KeyError, ValueError) as e:  # an unknown model, or a model-specific field given to every model
+            configs = compare_configs(dataset, names, out, list(overrides or []))
+        except UserError as e:  # an unknown model, or a model-specific field given to every model
             hint = "prefix a field with a model name to give it to that model only, e.g. llmemf.model.beta=1.0"
-            typer.secho(f"error: {e.args[0]}\n({hint})", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            raise UserError(f"{e.one_line()} ({hint})") from None
         results = run_compare(configs, log=typer.echo)
         typer.echo("\n" + _write_tables(out, "table", results))
         header, rows = cost_rows({name: (out / name, res) for name, res in results.items()})
@@ -72,12 +101,12 @@ def register(app: typer.Typer) -> None:
         from llmemf.reporting.plots import ablation_chart
 
         out = out or Path("runs") / dataset.name / "ablate"
-        seed_list = [int(s) for s in seeds.split(",")]
+        seed_list = _parse_seeds(seeds)
         try:
             row_list = parse_ablation_rows(rows)
         except ValueError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            raise UserError(str(e)) from None
+        _check_overrides(["model.name=llmemf", *(overrides or [])])
         groups = run_ablate(dataset, out, seed_list, list(overrides or []), log=typer.echo, rows=row_list)
         texts = []
         for proto in ("c2dsr", "full"):
@@ -110,9 +139,15 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None),
     ) -> None:
         """Grid search selecting on validation MRR (c2dsr protocol), one run directory per point."""
+        from llmemf.experiments.runner import grid_points
         from llmemf.experiments.runner import tune as run_tune
 
         out = out or Path("runs") / dataset.name / f"tune_{model}"
+        try:
+            points = grid_points(list(grid))
+        except ValueError as e:
+            raise UserError(f"--grid: {e}") from None
+        _check_overrides([f"model.name={model}", *(overrides or []), *points[0]])  # the model and the keys, before anything trains
         results = run_tune(dataset, model, list(grid), out, list(overrides or []), log=typer.echo)
         results.sort(key=lambda pr: -np.mean([m["MRR"] for m in pr[1]["valid"]["c2dsr"]["metrics"].values()]))
         domains = list(results[0][1]["valid"]["c2dsr"]["metrics"])
@@ -137,6 +172,8 @@ def register(app: typer.Typer) -> None:
 
         loaded = {}
         for run in runs:
+            if not (run / "results.json").is_file():
+                raise UserError(f"{run}: no results.json (not a finished run); finish it with `llmemf train` or leave it out")
             res = load_results(run)
             label = res["model"] if res["model"] not in loaded else f"{res['model']} ({run.name})"
             loaded[label] = (run, res)
@@ -161,6 +198,9 @@ def register(app: typer.Typer) -> None:
         from llmemf.serving.recommend import recommend as run_recommend
         from llmemf.training.trainer import load_run
 
+        if k < 1:
+            raise UserError(f"-k {k}: must be at least 1")
+        check_run(checkpoint)
         _, bundle, model = load_run(checkpoint)
         if cold_id is not None:
             from llmemf.models.llmemf import LLMEMF
@@ -170,14 +210,12 @@ def register(app: typer.Typer) -> None:
                     raise ValueError("--cold-id needs an LLM-EMF run")
                 model.set_cold_id(cold_id)
             except ValueError as e:
-                typer.secho(f"error: --cold-id {cold_id!r}: {e}", fg=typer.colors.RED, err=True)
-                raise typer.Exit(2) from None
+                raise UserError(f"--cold-id {cold_id!r}: {e}") from None
         try:
             items = resolve_items(bundle, history.split(","))
             dom = resolve_domain(bundle, domain)
         except (UnknownItemError, ValueError) as e:
-            typer.secho(f"error: {e.args[0]}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            raise UserError(e.args[0]) from None
         recs = run_recommend(model, bundle, items, dom, k, exclude_seen=not include_seen)
         if as_json:
             typer.echo(json.dumps([r.__dict__ for r in recs], indent=2))

@@ -107,7 +107,7 @@ def ablate(
     rows = rows or list(range(1, len(ABLATIONS) + 1))
     if bad := [r for r in rows if not 1 <= r <= len(ABLATIONS)]:
         raise ValueError(f"ablation rows are 1..{len(ABLATIONS)}, got {bad}")
-    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+    bundle = DataBundle(Dataset.load(dataset), load_config(None, ["model.name=llmemf", *overrides]).max_len)
     groups: dict[str, list[dict]] = {}
     for k, (label, ab) in enumerate(ABLATIONS.items()):
         if k + 1 not in rows:
@@ -134,7 +134,7 @@ def grid_points(grid: list[str]) -> list[list[str]]:
 def tune(
     dataset: Path, model: str, grid: list[str], out: Path, overrides: list[str], log: Callable[[str], None] = print
 ) -> list[tuple[list[str], dict]]:
-    bundle = DataBundle(Dataset.load(dataset), load_config(None, overrides).max_len)
+    bundle = DataBundle(Dataset.load(dataset), load_config(None, [f"model.name={model}", *overrides]).max_len)
     results = []
     for point in grid_points(grid):
         log(f"[{' '.join(point)}]")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
+from llmemf.errors import UserError
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+# Exit status of a run that finished but left items failed (after retries): not a user error (2) nor a bug (1).
+EXIT_INCOMPLETE = 3
 
 
 def _parse_items(spec: str | None) -> list[int]:
@@ -19,11 +19,14 @@ def _parse_items(spec: str | None) -> list[int]:
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UserError(f"--items {spec!r}: give global ids and ranges separated by commas, e.g. 3,7,10-12") from None
     return out
 
 
@@ -48,11 +51,31 @@ def register(app: typer.Typer) -> None:
         cache: str = typer.Option("", help="SQLite cache (default DATASET/llm_cache.sqlite)"),
         threads: int = typer.Option(0, help="torch threads for the local model"),
         progress: bool = typer.Option(True, help="progress bar"),
+        replace_model: bool = typer.Option(False, "--replace-model", help="regenerate items whose LLM text another model wrote (else refused)"),
     ) -> None:
-        """Write LLM text for the items (paper's prompt); cached, resumable, failures retried next run."""
-        from llmemf.data.dataset import DatasetError
+        """Write LLM text for the items (paper's prompt); cached, resumable, failures retried next run.
+        Exits 3 when items failed after retries (rerun to retry them)."""
         from llmemf.features.llm import EnrichConfig
         from llmemf.features.llm import enrich as run_enrich
+
+        bad = [
+            name
+            for name, ok in (
+                ("--backend auto|openai|local", backend in ("auto", "openai", "local")),
+                ("--order popular|id", order in ("popular", "id")),
+                ("--limit >= 0", limit >= 0),
+                ("--concurrency >= 1", concurrency >= 1),
+                ("--batch-size >= 1", batch_size >= 1),
+                ("--max-tokens >= 1", max_tokens >= 1),
+                ("--temperature >= 0", temperature >= 0),
+                ("--repetition-penalty > 0", repetition_penalty > 0),
+                ("--max-retries >= 0", max_retries >= 0),
+                ("--timeout > 0", timeout > 0),
+            )
+            if not ok
+        ]
+        if bad:
+            raise UserError(f"enrich: out of range: {', '.join(bad)}")
 
         cfg = EnrichConfig(
             backend=backend,
@@ -71,14 +94,22 @@ def register(app: typer.Typer) -> None:
             cache=cache,
             threads=threads,
             progress=progress,
+            replace_model=replace_model,
         )
         if template is not None:
+            if not template.is_file():
+                raise UserError(f"--template {template}: no such file")
             cfg.template = template.read_text().strip()
-        try:
-            res = run_enrich(dataset, cfg, log=typer.echo)
-        except (DatasetError, FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+        res = run_enrich(dataset, cfg, log=typer.echo)
         typer.echo(res.summary())
+        if res.n_failed:
+            typer.secho(
+                f"error: {res.n_failed} of {res.n_selected} items failed after retries (recorded in the cache's failures table); "
+                "rerun `llmemf enrich` to retry them",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(EXIT_INCOMPLETE)
 
     @app.command()
     def images(
@@ -88,17 +119,19 @@ def register(app: typer.Typer) -> None:
         max_mb: float = typer.Option(10.0, help="size cap per image in MB"),
         max_retries: int = typer.Option(3, help="retries on timeouts / 408 / 429 / 5xx"),
         progress: bool = typer.Option(True, help="progress bar"),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="also retry URLs that failed in an earlier run"),
     ) -> None:
-        """Download item image URLs into DATASET/images_store/ (content-addressed); re-runs skip what is done."""
-        from llmemf.data.dataset import DatasetError
+        """Download item image URLs into DATASET/images_store/ (content-addressed); re-runs skip what is done
+        and what failed before (unless --retry-failed). A failed URL is recorded, never fatal."""
         from llmemf.features.images import ImagesConfig, download_images
 
+        if concurrency < 1 or timeout <= 0 or max_mb <= 0 or max_retries < 0:
+            raise UserError("--concurrency must be >= 1, --timeout and --max-mb > 0, --max-retries >= 0")
         cap = int(max_mb * 1024 * 1024)
-        cfg = ImagesConfig(concurrency=concurrency, timeout_s=timeout, max_bytes=cap, max_retries=max_retries, progress=progress)
-        try:
-            res = download_images(dataset, cfg, log=typer.echo)
-        except (DatasetError, FileNotFoundError) as e:
-            _fail(str(e))
+        cfg = ImagesConfig(
+            concurrency=concurrency, timeout_s=timeout, max_bytes=cap, max_retries=max_retries, progress=progress, retry_failed=retry_failed
+        )
+        res = download_images(dataset, cfg, log=typer.echo)
         typer.echo(res.summary())
 
     @app.command()
@@ -117,7 +150,6 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="progress bar"),
     ) -> None:
         """Compute img / txt_title / txt_llm feature matrices; skips features whose inputs are unchanged."""
-        from llmemf.data.dataset import DatasetError
         from llmemf.features.embed import EmbedConfig
         from llmemf.features.embed import embed as run_embed
 
@@ -133,9 +165,12 @@ def register(app: typer.Typer) -> None:
             force=force,
             progress=progress,
         )
+        if bf16 not in ("auto", "on", "off"):
+            raise UserError(f"--bf16 {bf16!r}: choose auto, on or off")
+        if text_encoder not in ("auto", "clip", "st"):
+            raise UserError(f"--text-encoder {text_encoder!r}: choose auto, clip or st")
+        if batch_size < 1 or lit_epochs < 1:
+            raise UserError("--batch-size and --lit-epochs must be at least 1")
         cfg.lit.epochs = lit_epochs
-        try:
-            res = run_embed(dataset, cfg, log=typer.echo)
-        except (DatasetError, FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+        res = run_embed(dataset, cfg, log=typer.echo)
         typer.echo(res.summary())

@@ -39,7 +39,16 @@ from llmemf.features.encoders import (
     train_lit,
 )
 from llmemf.features.images import resolve_images
-from llmemf.features.store import Feature, FeatureManifest, feature_dir, read_feature_manifest, save_feature
+from llmemf.features.store import (
+    FEATURE_INPUTS,
+    Feature,
+    FeatureError,
+    FeatureManifest,
+    feature_dir,
+    inputs_hash,
+    read_feature_manifest,
+    save_feature,
+)
 
 FEATURES = ("img", "txt_title", "txt_llm")
 
@@ -113,7 +122,7 @@ class _Encoders:
         if self.cfg.text_encoder == "auto":
             return bool(self.cfg.clip_model)
         if self.cfg.text_encoder == "clip" and not self.cfg.clip_model:
-            raise ValueError("text_encoder=clip needs clip_model")
+            raise FeatureError("--text-encoder clip needs --clip-model")
         return self.cfg.text_encoder == "clip"
 
     def clip(self) -> ClipEncoder:
@@ -236,15 +245,18 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
     texts = _texts(ds.items)
     unknown = set(cfg.features) - set(FEATURES)
     if unknown:
-        raise ValueError(f"unknown features {sorted(unknown)} (choose from {FEATURES})")
+        raise FeatureError(f"--features: unknown {sorted(unknown)} (choose from {', '.join(FEATURES)})")
 
     def up_to_date(name: str, source_hash: str) -> bool:
         m = read_feature_manifest(root, name)
-        return (not cfg.force) and m is not None and m.source_hash == source_hash and m.n_items == n
+        same_data = m is not None and m.dataset_hash == ds.manifest.content_hash and m.inputs_hash == inputs_hash(ds.items, FEATURE_INPUTS[name])
+        return (not cfg.force) and m is not None and m.source_hash == source_hash and m.n_items == n and same_data
 
     def write(name: str, enc_name: str, weights: str, values: np.ndarray, mask: np.ndarray, source_hash: str, notes: dict) -> None:
         t0 = time.perf_counter()
+        cols = FEATURE_INPUTS[name]
         m = FeatureManifest(name, enc_name, weights, int(values.shape[1]), n, cfg.dtype, source_hash, notes=notes)
+        m.dataset_hash, m.inputs, m.inputs_hash = ds.manifest.content_hash, list(cols), inputs_hash(ds.items, cols)
         save_feature(root, Feature(m, values, mask))
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
         res.written[name] = m
@@ -338,7 +350,7 @@ def _embed_images_lit(root, cfg, encs, paths, shas, n_no_image, texts, title_emb
             values, mask, _ = title_emb
         pairs = ok & mask
         if pairs.sum() < 2:
-            raise ValueError("offline image encoder: fewer than 2 items have both an image and a title; give --clip-model")
+            raise FeatureError("offline image encoder: fewer than 2 items have both an image and a title; give --clip-model")
         log(
             f"  img: no CLIP weights given: fitting the offline LiT image encoder on {int(pairs.sum())} image-title pairs "
             f"(tiny CNN, {size}px, {cfg.lit.epochs} epochs, text tower {text_enc.name} locked)"

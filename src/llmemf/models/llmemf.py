@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import ConfigError, check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import Recommender
@@ -76,6 +77,19 @@ class LLMEMFConfig:
     #   "content" (at evaluation, their ID vector is predicted from their image/text features by a ridge
     #   regression fitted on the warm items' learned ID vectors)
     cold_ridge: float = 1.0  # L2 penalty of that regression (features are unit vectors)
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "model.",
+            positive=("d_id", "n_blocks", "n_heads", "tau"),
+            nonneg=("alpha", "beta", "lambda_x", "lambda_y", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
+            fraction=("dropout",),
+            choices={"fusion": ("logits", "probabilities"), "feature_dtype": ("float32", "bfloat16"), "cold_id": ("learned", "neutral", "content")},
+            divides=("d_id", "n_heads"),
+        )
+        if "id" not in self.modalities or not set(self.modalities) <= set(MODALITIES):
+            raise ConfigError(f"model.modalities={list(self.modalities)}: must include 'id' and be a subset of {list(MODALITIES)}")
 
 
 class LLMEMF(Recommender):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.c2dsr import receptive_field, sparse_aggregate
@@ -48,6 +49,9 @@ class MIFNConfig:
     window: int = 2  # co-occurrence links between items at most this many positions apart in a training sequence
     max_word_items: int = 20  # a title word links the items it names only if it names at most this many (rare words)
     copy_floor: float = 1e-6  # exploit-mode probability floor (items with no graph link to the history)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "window", "max_word_items"), nonneg=("copy_floor",), fraction=("dropout",))
 
 
 TOKEN = re.compile(r"[a-z0-9]+")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import ConfigError, check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.bprmf import sample_in_domain, training_items
@@ -36,6 +37,11 @@ class NCFMLPConfig:
     n_negatives: int = 4  # sampled negatives per positive (the paper's default ratio)
     dropout: float = 0.0  # between tower layers (the paper uses none)
     chunk_pairs: int = 1 << 20  # (user, item) pairs per chunk when scoring a whole domain
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("n_negatives", "chunk_pairs"), fraction=("dropout",))
+        if not self.layers or not all(isinstance(w, int) and w > 0 for w in self.layers):
+            raise ConfigError(f"model.layers={list(self.layers)}: must be a non-empty list of positive widths")
 
 
 class NCFMLP(Recommender):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import DataBundle
 from llmemf.models.c2dsr import align, split_domain
 from llmemf.models.layers import Dropout, PerDomainStateModel
@@ -31,6 +32,9 @@ class PiNetConfig:
     hidden: int = 90  # embedding and GRU width (π-Net's setting: 90)
     n_members: int = 4  # K latent account members in the filter unit (π-Net: 4 for HVIDEO)
     dropout: float = 0.2  # on embeddings and the decoder input
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "n_members"), fraction=("dropout",))
 
 
 class DomainGRU(nn.Module):

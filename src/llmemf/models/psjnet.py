@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import DataBundle
 from llmemf.models.layers import Dropout, PerDomainStateModel
 from llmemf.models.pinet import DomainGRU
@@ -30,6 +31,9 @@ class PSJNetConfig:
     hidden: int = 90  # embedding and GRU width (as π-Net, which PSJNet extends)
     n_members: int = 4  # K latent account members in the split unit
     dropout: float = 0.2  # on embeddings and the join input
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "n_members"), fraction=("dropout",))
 
 
 class Split(nn.Module):

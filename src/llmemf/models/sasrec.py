@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import DataBundle
 from llmemf.models.layers import MergedSequenceModel, SequenceEncoder, item_embedding
 
@@ -26,6 +27,16 @@ class SASRecConfig:
     init: str = "xavier"  # "xavier": xavier_normal_ on every matrix, as SASRec.pytorch does (item rows start ~10x smaller
     # than 1/sqrt(d), so Adam moves them fast: on Food-Kitchen validation MRR 7.76 / 4.36 after one epoch vs 5.77 / 2.39,
     # best 10.58 / 5.79 at epoch 7 vs 10.38 / 5.18 at epoch 10) | "normal": item rows N(0, 1/d), torch defaults elsewhere
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "model.",
+            positive=("hidden", "n_blocks", "n_heads"),
+            fraction=("dropout",),
+            choices={"init": ("xavier", "normal")},
+            divides=("hidden", "n_heads"),
+        )
 
 
 class SASRec(MergedSequenceModel):

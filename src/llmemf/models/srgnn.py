@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.layers import domain_cross_entropy, score_candidates
@@ -36,6 +37,9 @@ from llmemf.models.layers import domain_cross_entropy, score_candidates
 class SRGNNConfig:
     hidden: int = 100  # node / item embedding width (the paper's 100)
     steps: int = 1  # gated GNN propagation steps (the paper's 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.", positive=("hidden", "steps"))
 
 
 def session_graphs(seq: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
 from llmemf.models.c2dsr import align, split_domain
@@ -38,6 +39,16 @@ class TriCDRConfig:
     fine_weight: float = 0.1  # weight of the fine-grained triplet term
     temperature: float = 0.5  # InfoNCE temperature
     margin: float = 0.2  # triplet margin on cosine similarities
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "model.",
+            positive=("hidden", "n_blocks", "n_heads", "temperature"),
+            nonneg=("coarse_weight", "fine_weight", "margin"),
+            fraction=("dropout",),
+            divides=("hidden", "n_heads"),
+        )
 
 
 class TriCDR(Recommender):
