@@ -162,8 +162,8 @@ def _chunks(path: Path, report: FileReport) -> Iterator[bytes]:
             report.truncated = "the gzip stream ends before its end marker"
 
 
-def iter_blocks(path: Path, report: FileReport) -> Iterator[tuple[bytes, int]]:
-    """(block of whole lines, number of its first line); the last line may lack its newline."""
+def iter_blocks(path: Path, report: FileReport) -> Iterator[tuple[bytes, int, int]]:
+    """(block of whole lines, number of its first line, lines in it); the last line may lack its newline."""
     pieces: list[bytes] = []
     size, line = 0, 1
     for chunk in _chunks(path, report):
@@ -175,14 +175,15 @@ def iter_blocks(path: Path, report: FileReport) -> Iterator[tuple[bytes, int]]:
         cut = buf.rfind(b"\n") + 1
         if cut:
             block, rest = buf[:cut], buf[cut:]
-            yield block, line
-            line += block.count(b"\n")
+            n = block.count(b"\n")
+            yield block, line, n
+            line += n
             pieces, size = [rest], len(rest)
         else:
             pieces, size = [buf], len(buf)
     buf = b"".join(pieces)
     if buf:
-        yield buf, line
+        yield buf, line, buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
 
 
 def _lines(block: bytes) -> list[bytes]:
@@ -343,8 +344,7 @@ def read_reviews(path: Path) -> tuple[pa.Table, FileReport]:
     names = ("user", "item", "timestamp") if csv_format else REVIEW_FIELDS[fmt][:3]
     divisor = 1000 if fmt in ("2023", "csv-2023") else 1
     tables = []
-    for block, first in iter_blocks(path, report):
-        lines_in = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    for block, first, lines_in in iter_blocks(path, report):
         report.lines += lines_in
         skip_header = csv_format and fmt == "csv-2023" and first == 1
         if skip_header:  # the header line is not a record
@@ -443,7 +443,7 @@ def read_meta(path: Path, wanted: set[str]) -> tuple[dict[str, dict[str, str | N
         return found, report
     key_re = re.compile(rb"""["']""" + key.encode() + rb"""["']\s*:\s*u?["']([^"']+)["']""")
     parse = json.loads if syntax == "json" else _literal
-    for block, first in iter_blocks(path, report):
+    for block, first, _ in iter_blocks(path, report):
         lines = _lines(block)
         report.lines += len(lines)
         for k, raw in enumerate(lines):
