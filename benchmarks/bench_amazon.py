@@ -64,17 +64,26 @@ def generate_meta(path: Path, item_prefix: str, n_items: int) -> None:
             )
 
 
-def run_stage(code: str) -> tuple[float, float, str]:
-    """Seconds, peak RSS (MiB) and stdout of ``python -c code`` in a fresh process."""
+HWM = (
+    "import atexit\n"
+    "def _hwm():\n"
+    "    status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+    "    print('VmHWM_kB', status['VmHWM'].split()[0], flush=True)\n"
+    "atexit.register(_hwm)\n"
+)
+
+
+def run_stage(code: str) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds, peak RSS (MiB, the child's own VmHWM) and stdout of ``python -c code`` in a fresh process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HWM + code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"stage failed ({proc.returncode}):\n{out}")
-    return seconds, usage.ru_maxrss / 1024, out
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"stage failed:\n{out}")
+    hwm = int(out.split("VmHWM_kB")[-1].split()[0]) / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, hwm, out.split("VmHWM_kB")[0]
 
 
 def main() -> None:
@@ -112,24 +121,28 @@ def main() -> None:
         f"f = (gzip.open if {args.gzip} else open)({str(food)!r}, 'rb')  # noqa: SIM115\n"
         f"n = 0\nfor line in itertools.islice(f, {args.baseline_lines}):\n    r = json.loads(line); n += 1\nprint(n)"
     )
-    s, rss, out = run_stage(base_code)
-    base_rate = int(out.split()[-1]) / s
-    rows.append(("baseline: json.loads per line", int(out.split()[-1]), s, rss))
-    s, rss, out = run_stage(pre + f"from llmemf.data.amazon import read_reviews\nt, r = read_reviews({str(food)!r})\nprint(r.lines)")
-    rows.append(("read_reviews (FOOD)", int(out.split()[-1]), s, rss))
+    s, cpu, rss, out = run_stage(base_code)
+    base_rate = int(out.split()[-1]) / cpu
+    rows.append(("baseline: json.loads per line", int(out.split()[-1]), s, cpu, rss))
+    s, cpu, rss, out = run_stage(pre + f"from llmemf.data.amazon import read_reviews\nt, r = read_reviews({str(food)!r})\nprint(r.lines)")
+    rows.append(("read_reviews (FOOD)", int(out.split()[-1]), s, cpu, rss))
     out_dir = w / "dataset"
     cli = (
         f"from llmemf.cli import app\nimport sys\nsys.argv = ['llmemf', 'prepare', 'amazon', {str(out_dir)!r}, "
         f"'--domain', 'Food={food}:{meta_food}', '--domain', 'Kitchen={kitchen}:{meta_kitchen}']\napp()"
     )
-    s, rss, prepare_out = run_stage(pre + cli)
+    s, cpu, rss, prepare_out = run_stage(pre + cli)
     total = args.lines + args.lines // 10
-    rows.append(("prepare amazon (FOOD + KITCHEN + metadata)", total, s, rss))
+    rows.append(("prepare amazon (FOOD + KITCHEN + metadata)", total, s, cpu, rss))
 
-    print(f"\n{'stage':45s} {'lines':>11s} {'seconds':>8s} {'lines/s':>10s} {'x baseline':>10s} {'peak RSS MiB':>12s}")
-    for name, n, sec, mem in rows:
-        print(f"{name:45s} {n:11d} {sec:8.1f} {n / sec:10.0f} {n / sec / base_rate:10.1f} {mem:12.0f}")
-    print(f"\n(process wall time including interpreter start; {os.cpu_count()} CPUs; other jobs may share them)\n")
+    print(
+        f"\n{'stage':45s} {'lines':>11s} {'wall s':>7s} {'lines/s':>9s} {'CPU s':>7s} {'lines/CPU-s':>11s} {'x baseline':>10s} {'peak RSS MiB':>12s}"
+    )
+    for name, n, sec, cpu, mem in rows:
+        print(f"{name:45s} {n:11d} {sec:7.1f} {n / sec:9.0f} {cpu:7.1f} {n / cpu:11.0f} {n / cpu / base_rate:10.1f} {mem:12.0f}")
+    load = os.getloadavg()
+    print("\n(wall time includes interpreter start; CPU s = user + system of the stage's process, all threads; x baseline on CPU time;")
+    print(f" {os.cpu_count()} CPUs shared with other jobs: load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)\n")
     print(prepare_out)
 
 
