@@ -30,6 +30,9 @@ BAD: dict[tuple[str, ...], list[str]] = {
     ("prepare", "synthetic"): ["{tmp}/out", "n_users=many"],
     ("prepare", "log"): ["{tmp}/empty.csv", "{tmp}/out"],
     ("prepare", "subset"): ["{ds}", "{tmp}/out", "--top-items", "0"],
+    ("prepare", "amazon"): ["{tmp}/out", "--domain", "Food", "--domain", "Kitchen={tmp}/empty.csv"],
+    ("prepare", "recbole"): ["{tmp}/no-such-atomic-files", "{tmp}/out"],
+    ("export", "recbole"): ["{ds}", "{tmp}/rb", "--layout", "wide"],
     ("train",): ["--model", "pop", "--dataset", "{ds}", "--out", "{tmp}/r", "train.epoch=3", *FAST],
     ("evaluate",): ["--checkpoint", "{run}", "--split", "training"],
     ("models",): ["--verbose"],  # takes no option: click's usage error (exit 2, several lines: usage + message)

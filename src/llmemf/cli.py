@@ -140,6 +140,57 @@ def prepare_log(
     _summarise_dataset(ds, out)
 
 
+@prepare_app.command("amazon")
+def prepare_amazon(
+    out: Path = typer.Argument(..., help="output dataset directory"),
+    domain: list[str] = typer.Option(..., "--domain", help="NAME=REVIEWS[:META], twice (X first); 2014/2018/2023 dumps, gzip or plain"),
+    name: str | None = typer.Option(None, help="dataset name (default: the domain names joined by '-')"),
+    min_count: int = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point)"),
+    min_per_domain: int = typer.Option(3, help="keep users with at least this many items in each domain"),
+    max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
+    eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Build a dataset from Amazon review dumps (+ metadata) with the filters and time split of `prepare log`."""
+    from llmemf.data.amazon import DomainSource, import_amazon
+    from llmemf.data.dataset import prepare_output_dir
+    from llmemf.data.logs import SplitOptions
+
+    prepare_output_dir(out, overwrite, remove=False)
+    opts = SplitOptions(min_count=min_count, min_per_domain=min_per_domain, max_len=max_len, eval_fraction=eval_fraction)
+    ds, report = import_amazon([DomainSource.parse(d) for d in domain], opts, name=name)
+    _save_prepared(ds, out, overwrite)
+    typer.echo(report.summary())
+    _summarise_dataset(ds, out)
+
+
+@prepare_app.command("recbole")
+def prepare_recbole(
+    directory: Path = typer.Argument(
+        ..., help="RecBole atomic files: NAME.inter (+ .item), per-domain DOMAIN/DOMAIN.inter, or NAME.train/valid/test.inter"
+    ),
+    out: Path = typer.Argument(..., help="output dataset directory"),
+    domains: str | None = typer.Option(None, help="the two domain values, in X,Y order (default: sorted)"),
+    name: str | None = typer.Option(None, help="dataset name (default: the directory's name)"),
+    min_count: int = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point; not for pre-split files)"),
+    min_per_domain: int = typer.Option(3, help="keep users with at least this many items in each domain"),
+    max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
+    eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Build a dataset from RecBole atomic files; pre-split benchmark files are taken as they are."""
+    from llmemf.data.dataset import prepare_output_dir
+    from llmemf.data.logs import SplitOptions
+    from llmemf.data.recbole import import_recbole
+
+    prepare_output_dir(out, overwrite, remove=False)
+    opts = SplitOptions(min_count=min_count, min_per_domain=min_per_domain, max_len=max_len, eval_fraction=eval_fraction)
+    ds, report = import_recbole(directory, opts, domains=tuple(domains.split(",")) if domains else None, name=name)
+    _save_prepared(ds, out, overwrite)
+    typer.echo(report)
+    _summarise_dataset(ds, out)
+
+
 @prepare_app.command("subset")
 def prepare_subset(
     dataset: Path = typer.Argument(..., help="an existing dataset directory"),
@@ -238,6 +289,24 @@ def show(path: Path = typer.Argument(..., help="a dataset directory or a run dir
             typer.echo(json.dumps(doc, indent=2))
             return
     raise UserError(f"{path}: neither a dataset (manifest.json) nor a run (results.json)")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in another library's format.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("recbole")
+def export_recbole_cmd(
+    dataset: Path = typer.Argument(..., help="a dataset directory"),
+    out: Path = typer.Argument(..., help="output directory (RecBole's data_path/NAME)"),
+    layout: str = typer.Option("single", help="single: NAME.inter with a domain field + the split files; cdr: DOMAIN/DOMAIN.inter per domain"),
+) -> None:
+    """Write a dataset as RecBole atomic files (field:type headers), so it can be run in RecBole and imported back."""
+    from llmemf.data.dataset import Dataset
+    from llmemf.data.recbole import export_recbole
+
+    for path in export_recbole(Dataset.load(dataset), out, layout=layout):
+        typer.echo(f"wrote {path}")
 
 
 def _register_stage_commands() -> None:

@@ -56,12 +56,24 @@ N_EXAMPLES = 5  # file:line examples kept per bad-row reason
 
 
 @dataclass
-class LogOptions:
-    domains: tuple[str, str] | None = None  # the two domain values in X, Y order (None: the file's two values, sorted)
+class SplitOptions:
+    """The paper's construction, shared by every importer that starts from raw interactions (log, Amazon, RecBole)."""
+
     min_count: int = 10  # drop users and items with fewer interactions (to a fixed point)
     min_per_domain: int = 3  # keep users with at least this many interactions in each domain
     max_len: int = 15  # keep at most this many most recent interactions per sequence
     eval_fraction: float = 0.1  # fraction of users (the latest) for validation, and again for test
+
+    def check(self) -> None:
+        if self.min_count < 1 or self.min_per_domain < 1 or self.max_len < 2:
+            raise DatasetError("min_count and min_per_domain must be >= 1, max_len >= 2")
+        if not 0 < self.eval_fraction < 0.5:
+            raise DatasetError(f"eval_fraction must lie in (0, 0.5), got {self.eval_fraction}")
+
+
+@dataclass
+class LogOptions(SplitOptions):
+    domains: tuple[str, str] | None = None  # the two domain values in X, Y order (None: the file's two values, sorted)
     max_bad_fraction: float = 0.01  # fail if more than this fraction of rows is unusable
     user_col: str | None = None  # column names; None: recognised from COLUMN_NAMES
     item_col: str | None = None
@@ -71,18 +83,12 @@ class LogOptions:
 
 
 @dataclass
-class LogReport:
-    """What the importer did to the log, step by step."""
+class SplitReport:
+    """What the shared core (``build_splits``) did: duplicates, the fixed-point filter, the time split, the cap."""
 
-    file: str
-    columns: dict[str, str] = field(default_factory=dict)  # role -> column used
-    domains: tuple[str, str] = ("", "")
-    rows: int = 0
-    bad: Counter = field(default_factory=Counter)  # reason -> rows
-    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> ["file:line: raw values"]
     duplicates: int = 0
-    timestamp_kind: str = ""  # "integer", "ISO date" or "mixed"
     filter_rounds: int = 0
+    filter_dropped: dict[str, int] = field(default_factory=dict)  # filter -> interactions it dropped, summed over rounds
     before: tuple[int, int, int] = (0, 0, 0)  # users, items, interactions after parsing
     after: tuple[int, int, int] = (0, 0, 0)  # ... after the fixed-point filter
     cut_time: int = 0  # T: training interactions are strictly before it
@@ -90,6 +96,36 @@ class LogReport:
     train_users_dropped: int = 0  # training sequences left with < 2 interactions
     capped_interactions: int = 0  # interactions beyond max_len dropped
     split_users: dict[str, int] = field(default_factory=dict)
+
+    def split_lines(self) -> list[str]:
+        lines = []
+        if self.duplicates:
+            lines.append(f"  exact duplicate rows dropped: {self.duplicates}")
+        u0, i0, n0 = self.before
+        u1, i1, n1 = self.after
+        lines.append(f"  filter to fixed point ({self.filter_rounds} rounds): users {u0} -> {u1}, items {i0} -> {i1}, interactions {n0} -> {n1}")
+        if self.filter_dropped:
+            lines.append("    interactions dropped by: " + ", ".join(f"{k} {v}" for k, v in self.filter_dropped.items()))
+        lines.append(f"  time split: {self.split_users}; training interactions kept strictly before t={self.cut_time}")
+        if self.train_cut_interactions or self.train_users_dropped:
+            lines.append(
+                f"    dropped from training: {self.train_cut_interactions} interactions at t >= cut, {self.train_users_dropped} sequences < 2 long"
+            )
+        lines.append(f"  capped at max_len: {self.capped_interactions} older interactions dropped")
+        return lines
+
+
+@dataclass
+class LogReport(SplitReport):
+    """What the importer did to the log, step by step."""
+
+    file: str = ""
+    columns: dict[str, str] = field(default_factory=dict)  # role -> column used
+    domains: tuple[str, str] = ("", "")
+    rows: int = 0
+    bad: Counter = field(default_factory=Counter)  # reason -> rows
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> ["file:line: raw values"]
+    timestamp_kind: str = ""  # "integer", "ISO date" or "mixed"
 
     @property
     def n_bad(self) -> int:
@@ -106,17 +142,7 @@ class LogReport:
                 lines += [f"      {ex}" for ex in self.examples.get(reason, [])]
         else:
             lines.append("  bad rows: none")
-        if self.duplicates:
-            lines.append(f"  exact duplicate rows dropped: {self.duplicates}")
-        u0, i0, n0 = self.before
-        u1, i1, n1 = self.after
-        lines.append(f"  filter to fixed point ({self.filter_rounds} rounds): users {u0} -> {u1}, items {i0} -> {i1}, interactions {n0} -> {n1}")
-        lines.append(f"  time split: {self.split_users}; training interactions kept strictly before t={self.cut_time}")
-        if self.train_cut_interactions or self.train_users_dropped:
-            lines.append(
-                f"    dropped from training: {self.train_cut_interactions} interactions at t >= cut, {self.train_users_dropped} sequences < 2 long"
-            )
-        lines.append(f"  capped at max_len: {self.capped_interactions} older interactions dropped")
+        lines += self.split_lines()
         return "\n".join(lines)
 
 
@@ -163,22 +189,95 @@ def _line_numbers(path: Path, n: int) -> np.ndarray:
     return np.arange(first, first + n)
 
 
-def _filter_fixed_point(df: pd.DataFrame, opts: LogOptions) -> tuple[pd.DataFrame, int]:
+def _filter_fixed_point(df: pd.DataFrame, opts: SplitOptions, dropped: dict[str, int]) -> tuple[pd.DataFrame, int]:
     rounds = 0
     while True:
         rounds += 1
         n = len(df)
         ucount = df.groupby("user")["user"].transform("size")
-        df = df[ucount >= opts.min_count]
+        df, k = df[ucount >= opts.min_count], len(df)
+        dropped[f"user < {opts.min_count}"] = dropped.get(f"user < {opts.min_count}", 0) + k - len(df)
         icount = df.groupby(["domain", "item"])["user"].transform("size")
-        df = df[icount >= opts.min_count]
+        df, k = df[icount >= opts.min_count], len(df)
+        dropped[f"item < {opts.min_count}"] = dropped.get(f"item < {opts.min_count}", 0) + k - len(df)
         if len(df):
             per = df.groupby(["user", "domain"]).size().unstack(fill_value=0)
             per = per.reindex(columns=[0, 1], fill_value=0)
             keep = per.index[(per[0] >= opts.min_per_domain) & (per[1] >= opts.min_per_domain)]
-            df = df[df["user"].isin(keep)]
+            df, k = df[df["user"].isin(keep)], len(df)
+            key = f"user < {opts.min_per_domain} in a domain"
+            dropped[key] = dropped.get(key, 0) + k - len(df)
         if len(df) == n:
             return df, rounds
+
+
+def build_splits(df: pd.DataFrame, opts: SplitOptions, report: SplitReport, where: str) -> tuple[list[int], list[str], dict[str, pd.DataFrame]]:
+    """Steps 1 (duplicates) to 6 of the module docstring on parsed interactions, shared by every raw importer.
+
+    ``df`` has one row per interaction in file order: ``user`` and ``item`` (str, or a Categorical whose
+    categories are sorted, so codes order like the text), ``domain`` (0 = X, 1 = Y), ``ts`` (int64).
+    Returns the two domains' item counts, the items' original ids in global-id order and the three split tables.
+    """
+    df["order"] = np.arange(len(df))  # file order: the tie-breaker of the stable time sort
+    n0 = len(df)
+    df = df.drop_duplicates(subset=["user", "item", "domain", "ts"], keep="first")
+    report.duplicates = n0 - len(df)
+    report.before = (df["user"].nunique(), len(df.drop_duplicates(["domain", "item"])), len(df))
+    df, report.filter_rounds = _filter_fixed_point(df, opts, report.filter_dropped)
+    report.after = (df["user"].nunique(), len(df.drop_duplicates(["domain", "item"])), len(df))
+    if df.empty:
+        raise DatasetError(
+            f"{where}: no interactions left after filtering (min_count={opts.min_count}, min_per_domain={opts.min_per_domain}); "
+            f"{report.before[0]} users and {report.before[1]} items before"
+        )
+
+    # Global ids: X items then Y items, each domain in original-id order.
+    uniq = df[["domain", "item"]].drop_duplicates().sort_values(["domain", "item"], kind="stable")
+    sizes = [int((uniq["domain"] == d).sum()) for d in (0, 1)]
+    gid = {(d, it): k for k, (d, it) in enumerate(zip(uniq["domain"], uniq["item"], strict=True))}
+    df["gid"] = [gid[k] for k in zip(df["domain"], df["item"], strict=True)]
+
+    # One time-sorted sequence per user; users ordered by their last interaction.
+    df = df.sort_values(["user", "ts", "order"], kind="stable")
+    seqs = {u: (g["gid"].tolist(), g["ts"].tolist()) for u, g in df.groupby("user", sort=True)}
+    users = sorted(seqs, key=lambda u: (seqs[u][1][-1], u))
+    n_eval = int(round(opts.eval_fraction * len(users)))
+    if n_eval < 1 or len(users) - 2 * n_eval < 1:
+        raise DatasetError(f"{where}: {len(users)} users left after filtering: too few to split at eval_fraction={opts.eval_fraction}")
+    groups = {
+        "train": users[: len(users) - 2 * n_eval],
+        "valid": users[len(users) - 2 * n_eval : len(users) - n_eval],
+        "test": users[len(users) - n_eval :],
+    }
+    report.cut_time = min(seqs[u][1][-1] for u in groups["valid"] + groups["test"])
+
+    n_x = sizes[0]
+    rows: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    for u in groups["train"]:
+        items, stamps = seqs[u]
+        keep = [k for k, t in enumerate(stamps) if t < report.cut_time]
+        report.train_cut_interactions += len(items) - len(keep)
+        if len(keep) < 2:
+            report.train_users_dropped += 1
+            continue
+        items, stamps = [items[k] for k in keep], [stamps[k] for k in keep]
+        report.capped_interactions += max(0, len(items) - opts.max_len)
+        rows["train"].append({"user": u, "items": items[-opts.max_len :], "timestamps": stamps[-opts.max_len :]})
+    for split in ("valid", "test"):
+        for u in groups[split]:
+            items, stamps = seqs[u]
+            report.capped_interactions += max(0, len(items) - opts.max_len)
+            hist, hts, target, tts = split_history_target(items[-opts.max_len :], stamps[-opts.max_len :])
+            rows[split].append(
+                {"user": u, "items": hist, "timestamps": hts, "target": target, "target_domain": int(target >= n_x), "target_timestamp": tts}
+            )
+    report.split_users = {s: len(r) for s, r in rows.items()}
+
+    splits = {}
+    for s, r in rows.items():
+        cols_s = ["user", "items", "timestamps"] + (["target", "target_domain", "target_timestamp"] if s != "train" else [])
+        splits[s] = pd.DataFrame(r, columns=cols_s)
+    return sizes, uniq["item"].astype(str).tolist(), splits
 
 
 def import_log(file: str | Path, opts: LogOptions | None = None, items_file: str | Path | None = None) -> tuple[Dataset, LogReport]:
@@ -187,10 +286,7 @@ def import_log(file: str | Path, opts: LogOptions | None = None, items_file: str
     path = Path(file)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
-    if opts.min_count < 1 or opts.min_per_domain < 1 or opts.max_len < 2:
-        raise DatasetError("min_count and min_per_domain must be >= 1, max_len >= 2")
-    if not 0 < opts.eval_fraction < 0.5:
-        raise DatasetError(f"eval_fraction must lie in (0, 0.5), got {opts.eval_fraction}")
+    opts.check()
     raw = read_table(path)
     report = LogReport(file=str(path), rows=len(raw))
     cols = list(raw.columns)
@@ -255,68 +351,11 @@ def import_log(file: str | Path, opts: LogOptions | None = None, items_file: str
     df = pd.DataFrame(
         {"user": user[~bad].astype(str), "item": item[~bad].astype(str), "domain": dom[~bad].astype("int64"), "ts": ts[~bad].astype("int64")}
     )
-    df["order"] = np.arange(len(df))  # file order: the tie-breaker of the stable time sort
-    n0 = len(df)
-    df = df.drop_duplicates(subset=["user", "item", "domain", "ts"], keep="first")
-    report.duplicates = n0 - len(df)
-    report.before = (df["user"].nunique(), len(df.drop_duplicates(["domain", "item"])), len(df))
-    df, report.filter_rounds = _filter_fixed_point(df, opts)
-    report.after = (df["user"].nunique(), len(df.drop_duplicates(["domain", "item"])), len(df))
-    if df.empty:
-        raise DatasetError(
-            f"{path}: no interactions left after filtering (min_count={opts.min_count}, min_per_domain={opts.min_per_domain}); "
-            f"{report.before[0]} users and {report.before[1]} items before"
-        )
+    sizes, original_ids, splits = build_splits(df, opts, report, str(path))
 
-    # Global ids: X items then Y items, each domain in original-id order.
-    uniq = df[["domain", "item"]].drop_duplicates().sort_values(["domain", "item"], kind="stable")
-    sizes = [int((uniq["domain"] == d).sum()) for d in (0, 1)]
-    gid = {(d, it): k for k, (d, it) in enumerate(zip(uniq["domain"], uniq["item"], strict=True))}
-    df["gid"] = [gid[k] for k in zip(df["domain"], df["item"], strict=True)]
-
-    # One time-sorted sequence per user; users ordered by their last interaction.
-    df = df.sort_values(["user", "ts", "order"], kind="stable")
-    seqs = {u: (g["gid"].tolist(), g["ts"].tolist()) for u, g in df.groupby("user", sort=True)}
-    users = sorted(seqs, key=lambda u: (seqs[u][1][-1], u))
-    n_eval = int(round(opts.eval_fraction * len(users)))
-    if n_eval < 1 or len(users) - 2 * n_eval < 1:
-        raise DatasetError(f"{path}: {len(users)} users left after filtering: too few to split at eval_fraction={opts.eval_fraction}")
-    groups = {
-        "train": users[: len(users) - 2 * n_eval],
-        "valid": users[len(users) - 2 * n_eval : len(users) - n_eval],
-        "test": users[len(users) - n_eval :],
-    }
-    report.cut_time = min(seqs[u][1][-1] for u in groups["valid"] + groups["test"])
-
-    n_x = sizes[0]
-    rows: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
-    for u in groups["train"]:
-        items, stamps = seqs[u]
-        keep = [k for k, t in enumerate(stamps) if t < report.cut_time]
-        report.train_cut_interactions += len(items) - len(keep)
-        if len(keep) < 2:
-            report.train_users_dropped += 1
-            continue
-        items, stamps = [items[k] for k in keep], [stamps[k] for k in keep]
-        report.capped_interactions += max(0, len(items) - opts.max_len)
-        rows["train"].append({"user": u, "items": items[-opts.max_len :], "timestamps": stamps[-opts.max_len :]})
-    for split in ("valid", "test"):
-        for u in groups[split]:
-            items, stamps = seqs[u]
-            report.capped_interactions += max(0, len(items) - opts.max_len)
-            hist, hts, target, tts = split_history_target(items[-opts.max_len :], stamps[-opts.max_len :])
-            rows[split].append(
-                {"user": u, "items": hist, "timestamps": hts, "target": target, "target_domain": int(target >= n_x), "target_timestamp": tts}
-            )
-    report.split_users = {s: len(r) for s, r in rows.items()}
-
-    items_df = make_items_frame(sizes, uniq["item"].astype(str).tolist())
+    items_df = make_items_frame(sizes, original_ids)
     if items_file is not None:
         items_df = join_item_metadata(items_df, items_file)
-    splits = {}
-    for s, r in rows.items():
-        cols_s = ["user", "items", "timestamps"] + (["target", "target_domain", "target_timestamp"] if s != "train" else [])
-        splits[s] = pd.DataFrame(r, columns=cols_s)
     manifest = Manifest(
         name=opts.name or path.name.split(".")[0],
         domains=[DomainInfo(domains[0], sizes[0], 0), DomainInfo(domains[1], sizes[1], sizes[0])],
