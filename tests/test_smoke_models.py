@@ -1,14 +1,15 @@
-"""Every registered model that exists trains a step and scores under both call shapes."""
+"""Every registered model (the whole REGISTRY: a module that fails to import fails here) trains a step and
+scores under both call shapes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llmemf.models.base import available_models, build_model
+from llmemf.models.base import REGISTRY, build_model, model_class
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_model_interface(name, tiny_bundle):
     torch.manual_seed(0)
     model = build_model(name, {}, tiny_bundle)
@@ -44,3 +45,13 @@ def test_sasrec_init_modes(tiny_bundle):
     assert not xavier.item.weight[xavier.pad_id].any()
     with pytest.raises(ValueError, match="init"):
         build_model("sasrec", {"init": "kaiming"}, tiny_bundle)
+
+
+def test_registry_import_errors_are_not_hidden(monkeypatch):
+    """A registered model whose module is missing raises the import error (no 'not implemented' fallback);
+    an unknown name is a KeyError naming the known ones."""
+    monkeypatch.setitem(REGISTRY, "ghost", "llmemf.models.no_such_module:Ghost")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        model_class("ghost")
+    with pytest.raises(KeyError, match="known: pop"):
+        model_class("nope")

@@ -64,27 +64,12 @@ REGISTRY: dict[str, str] = {
 
 
 def model_class(name: str) -> type[Recommender]:
+    """The class registered as ``name``; KeyError for an unknown name. A registered model whose module
+    fails to import raises that ImportError: every registered model exists, so a failure is a bug."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise KeyError(f"model {name!r} is registered but not implemented yet ({module})") from e
-        raise
-
-
-def available_models() -> list[str]:
-    """Registered names whose module exists."""
-    out = []
-    for name in REGISTRY:
-        try:
-            model_class(name)
-        except KeyError:
-            continue
-        out.append(name)
-    return out
+    return getattr(importlib.import_module(module), cls)
 
 
 def check_model_params(name: str, params: dict[str, Any]) -> type[Recommender]:
