@@ -6,7 +6,8 @@ A model is built from its config dataclass and the DataBundle, then the one trai
                                            (B, n_domain_items) for every item of ``domain`` when
                                            ``candidates`` is None (domain-local order)
     fit(bundle)                         -> closed-form fitting (Pop, ItemKNN); gradient models skip it
-Higher scores mean "more likely next".
+Higher scores mean "more likely next". A batch row whose ``user`` is ``NO_USER`` is a history of no
+known user: models that read user embeddings fold that history in (see layers.fold_in).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Recommender(nn.Module):
 
     def fit(self, bundle: DataBundle) -> None:
         """Closed-form models compute their statistics here; called once before training."""
+
+
+# Batch.user of a history that belongs to no known user (serving a new history): a user-ID model
+# (BPRMF, NCF-MLP) folds that history in instead of reading a user embedding.
+NO_USER = -1
 
 
 # name -> "module:Class" (imported lazily so that `llmemf models` stays fast)

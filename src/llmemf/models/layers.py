@@ -111,6 +111,29 @@ class SequenceEncoder(nn.Module):
 LogitFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
+def training_items(batch: Batch) -> torch.Tensor:
+    """(B, L + 1) every item of each training sequence (inputs plus the last target), pad elsewhere."""
+    return torch.cat([batch.xy, batch.xy_target[:, -1:]], dim=1)
+
+
+def fold_in(objective: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, steps: int, lr: float, l2: float) -> torch.Tensor:
+    """Fold new users into a trained user-ID model: the user vectors minimising the model's own
+    training ``objective(u)`` (a scalar over the users' histories) + ``l2`` * mean ||u||^2, with every
+    model weight frozen (``steps`` Adam steps from ``init`` (B, d)). Standard folding-in for latent
+    factor models (Sarwar et al. 2002): the item side stays as trained, only the new rows are fitted.
+    Works under the caller's inference mode (recommend) by leaving it for these few steps."""
+    with torch.inference_mode(False), torch.enable_grad():
+        u = init.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = objective(u) + l2 * u.pow(2).sum(1).mean()
+            (grad,) = torch.autograd.grad(loss, [u])
+            u.grad = grad
+            opt.step()
+    return u.detach()
+
+
 def item_embedding(n_items: int, d: int, pad_id: int) -> nn.Embedding:
     """(n_items + 1, d) item table, N(0, 1/d) rows and a zero padding row."""
     emb = nn.Embedding(n_items + 1, d, padding_idx=pad_id)

@@ -9,7 +9,9 @@ training sequence against ``n_negatives`` items drawn uniformly from the positiv
 
 Which user vector: a user embedding, as in the paper. In the C2DSR-style splits every evaluated user
 has a training sequence equal to their evaluation history (the held-out targets never appear in
-training), so p_u is learnt from exactly the history the evaluation gives (see bprmf.py).
+training), so p_u is learnt from exactly the history the evaluation gives (see bprmf.py). A history
+of no known user (``Batch.user == NO_USER``: `llmemf recommend`) is folded in: p_u is fitted to it by
+the same log loss, every other weight frozen (layers.fold_in), from the mean trained user vector.
 
 Scoring every item of a domain means one MLP pass per (user, item) pair. The first layer is linear
 in the concatenation, W [p_u ; q_i] = W_u p_u + W_i q_i, so both halves are computed once, and the
@@ -25,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
-from llmemf.models.bprmf import sample_in_domain, training_items
-from llmemf.models.layers import Dropout
+from llmemf.models.base import NO_USER, Recommender
+from llmemf.models.cross_domain import sample_in_domain
+from llmemf.models.layers import Dropout, fold_in, training_items
 
 
 @dataclass
@@ -36,6 +38,9 @@ class NCFMLPConfig:
     n_negatives: int = 4  # sampled negatives per positive (the paper's default ratio)
     dropout: float = 0.0  # between tower layers (the paper uses none)
     chunk_pairs: int = 1 << 20  # (user, item) pairs per chunk when scoring a whole domain
+    fold_in_steps: int = 100  # Adam steps fitting a new history's user vector (recommend; see layers.fold_in)
+    fold_in_lr: float = 0.05  # their learning rate
+    fold_in_l2: float = 0.01  # L2 weight on the folded-in vector
 
 
 class NCFMLP(Recommender):
@@ -66,11 +71,9 @@ class NCFMLP(Recommender):
         z = u[:, None] + self.first_item(self.item(items))  # (B, C, w1)
         return self.predict(self.tower(z))[..., 0]
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        pos = training_items(batch)  # (B, P)
+    def _log_loss(self, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """Mean log loss of user halves u (B, w1) over positives pos (B, P) (pad = none), negatives neg (B, P, n)."""
         valid = (pos != self.pad_id).float()
-        neg = sample_in_domain(pos, self.domain_ranges, self.config.n_negatives)  # (B, P, n)
-        u = self.first_user(self.user(batch.user))  # (B, w1)
         B, P = pos.shape
         items = torch.cat([pos[..., None], neg], dim=2).reshape(B, -1)  # (B, P * (1 + n))
         logits = self._logits(u, items).view(B, P, -1)  # (B, P, 1 + n)
@@ -79,8 +82,30 @@ class NCFMLP(Recommender):
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(2)  # (B, P)
         return (bce * valid).sum() / valid.sum().clamp_min(1)
 
+    def loss(self, batch: Batch) -> torch.Tensor:
+        pos = training_items(batch)  # (B, P)
+        neg = sample_in_domain(pos, self.domain_ranges, self.config.n_negatives)  # (B, P, n)
+        return self._log_loss(self.first_user(self.user(batch.user)), pos, neg)
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:
+        """(B, d) p_u of known users; rows with user == NO_USER fold their history ``xy`` in."""
+        new = batch.user == NO_USER
+        p = self.user(batch.user.clamp(min=0))
+        if not bool(new.any()):
+            return p
+        hist = batch.xy[new]  # (N, L)
+        gen = torch.Generator(device=hist.device).manual_seed(0)
+
+        def objective(w: torch.Tensor) -> torch.Tensor:
+            pos = hist.clone()  # a normal tensor even when the batch was made under inference mode
+            return self._log_loss(self.first_user(w), pos, sample_in_domain(pos, self.domain_ranges, self.config.n_negatives, gen))
+
+        init = self.user.weight.detach().mean(0).expand(len(hist), -1)
+        c = self.config
+        return p.masked_scatter(new[:, None], fold_in(objective, init, c.fold_in_steps, c.fold_in_lr, c.fold_in_l2))
+
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.first_user(self.user(batch.user))  # (B, w1)
+        u = self.first_user(self.user_vectors(batch))  # (B, w1)
         if candidates is not None:
             return self._logits(u, candidates)
         lo, hi = self.domain_ranges[domain]
