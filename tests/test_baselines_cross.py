@@ -16,7 +16,7 @@ from tiny_data import make_tiny_dataset
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.models.c2dsr import align, build_item_graph, next_in_domain, split_domain
+from llmemf.models.c2dsr import build_item_graph
 from llmemf.models.mifn import build_knowledge_graph
 from llmemf.training.trainer import train
 
@@ -150,20 +150,6 @@ def test_c2dsr_receptive_field_matches_full_graph(tiny_dataset):
         h = F.leaky_relu(torch.where(is_x, lx.lin(agg), ly.lin(agg)), 0.1)
     full_s = torch.cat([h + e, torch.zeros(1, 16)]) * 16**0.5
     torch.testing.assert_close(single[local], full_s[batch.xy], rtol=1e-4, atol=1e-5)
-
-
-def test_alignment_helpers():
-    pad, n_x = 9, 4  # X = 0..3, Y = 4..8
-    xy = torch.tensor([[pad, 0, 5, 1, 6], [pad, pad, 7, 8, 2]])
-    is_x = xy < n_x
-    x, ix = split_domain(xy, is_x, pad)
-    assert x.tolist() == [[0, 1], [pad, 2]]
-    assert ix.tolist() == [[-1, 0, 0, 1, 1], [-1, -1, -1, -1, 1]]
-    states = torch.arange(4.0).view(2, 2, 1)  # state value = compact index (+2 for row 1)
-    assert align(states, ix).squeeze(-1).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 3]]
-    tgt = torch.tensor([[pad, 5, 1, 6, 3], [pad, pad, 8, 2, 4]])
-    assert next_in_domain(tgt, 0, n_x, pad).tolist() == [[1, 1, 1, 3, 3], [2, 2, 2, 2, pad]]
-    assert next_in_domain(tgt, n_x, pad, pad).tolist() == [[5, 5, 6, 6, pad], [8, 8, 8, 4, 4]]
 
 
 def test_mifn_knowledge_graph_hand_made():

@@ -189,15 +189,3 @@ def test_srgnn_session_graph_of_every_prefix():
     only_first[2, 3] = 1  # the prefix "1 2" has one edge
     torch.testing.assert_close(adj[0, 3], only_first)
     assert adj[0, 2].sum() == 0
-
-
-@pytest.mark.parametrize("name", ["gru4rec", "srgnn"])
-def test_scores_do_not_depend_on_left_padding(name, tiny_bundle):
-    torch.manual_seed(0)
-    model = build_model(name, {}, tiny_bundle).eval()
-    batch = next(tiny_bundle.splits["valid"].iter_batches(8))
-    wider = torch.cat([torch.full((batch.size, 3), tiny_bundle.pad_id), batch.xy], dim=1)  # 3 more pad columns
-    with torch.no_grad():
-        a = model.scores(batch, 1)
-        b = model.scores(Batch(user=batch.user, xy=wider, x=batch.x, y=batch.y), 1)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

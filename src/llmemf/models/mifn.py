@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmemf.data.batching import Batch, DataBundle
+from llmemf.data.batching import Batch, DataBundle, domain_masks
 from llmemf.models.base import Recommender
-from llmemf.models.c2dsr import receptive_field, sparse_aggregate
+from llmemf.models.cross_domain import DomainGRU
 from llmemf.models.layers import Dropout
-from llmemf.models.pinet import DomainGRU
 
 
 @dataclass
@@ -106,7 +105,7 @@ class MIFN(Recommender):
         self.drop = Dropout(config.dropout)
         self.know = nn.Linear(d, d)  # knowledge-flow item transform after graph aggregation
         self.seq_gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
-        self.know_gru = nn.GRU(d, d, batch_first=True)  # knowledge flow over the merged sequence
+        self.know_gru = DomainGRU(d)  # knowledge flow over the merged sequence's real items
         self.transfer = nn.ModuleList([nn.Linear(2 * d, d), nn.Linear(2 * d, d)])  # gate of B -> A
         self.fuse = nn.ModuleList([nn.Linear(3 * d, d), nn.Linear(3 * d, d)])
         self.switch = nn.ModuleList([nn.Linear(d, 1), nn.Linear(d, 1)])  # explore vs exploit
@@ -119,18 +118,19 @@ class MIFN(Recommender):
         uniq, inv = torch.unique(xy, return_inverse=True)
         real = uniq[uniq != self.pad_id]
         items = real.cpu().numpy()
-        ((cols, block),) = receptive_field(self.adj_sym, items, 1)
-        k = torch.tanh(self.know(sparse_aggregate(block, self.item.weight[torch.from_numpy(cols).to(xy.device)])))  # (U', d)
+        block = self.adj_sym[items].tocoo()  # (U', n_items) the batch items' rows of the graph
+        agg = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([block.row, block.col]).astype(np.int64)), torch.from_numpy(block.data), block.shape)
+        k = torch.tanh(self.know(torch.sparse.mm(agg.to(xy.device), self.item.weight[: self.n_items].float())))  # (U', d)
         k = torch.cat([k, k.new_zeros(1, k.shape[1])])  # pad row (last: pad is the largest id)
         return k[inv.clamp(max=len(real))] * (xy != self.pad_id)[..., None]
 
     def states(self, xy: torch.Tensor):
         """Per domain: (B, L, d) user representation, (B, L) switch logit, (B, L, L) exploit attention."""
         valid = xy != self.pad_id
-        at = [xy < self.n_x, valid & (xy >= self.n_x)]
+        at = list(domain_masks(xy, self.n_x, self.pad_id))
         emb = self.drop(self.item(xy))
-        h = [self.seq_gru[d](emb, xy, at[d]) for d in (0, 1)]  # sequential flow per domain
-        kflow, _ = self.know_gru(self.knowledge_vectors(xy))  # (B, L, d) knowledge flow
+        h = [self.seq_gru[d](emb, at[d]) for d in (0, 1)]  # sequential flow per domain
+        kflow = self.know_gru(self.knowledge_vectors(xy), valid)  # (B, L, d) knowledge flow
         L = xy.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=xy.device).tril()
         out = []

@@ -9,7 +9,7 @@ those filtered states, giving B->A knowledge at each step. The hybrid decoder pr
 item from [A's state ; transferred B->A state]. Both directions run in parallel.
 
 Here: both GRUs read their domain subsequence split out of the merged batch (vectorised, see
-c2dsr.split_domain); every state is mapped back to merged positions, so that a target at merged
+cross_domain.DomainGRU); every state is mapped back to merged positions, so that a target at merged
 position t in domain A is predicted from everything the account did up to t. Each target is
 scored by a softmax over its own domain's items.
 """
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmemf.data.batching import DataBundle
-from llmemf.models.c2dsr import align, split_domain
+from llmemf.data.batching import DataBundle, domain_masks
+from llmemf.models.cross_domain import DomainGRU
 from llmemf.models.layers import Dropout, PerDomainStateModel
 
 
@@ -31,22 +31,6 @@ class PiNetConfig:
     hidden: int = 90  # embedding and GRU width (π-Net's setting: 90)
     n_members: int = 4  # K latent account members in the filter unit (π-Net: 4 for HVIDEO)
     dropout: float = 0.2  # on embeddings and the decoder input
-
-
-class DomainGRU(nn.Module):
-    """GRU over one domain's subsequence of a merged batch; states returned at merged positions.
-    Left padding feeds zero vectors before a row's first item; the GRU starts from them."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.gru = nn.GRU(d, d, batch_first=True)
-
-    def forward(self, emb: torch.Tensor, local: torch.Tensor, in_domain: torch.Tensor) -> torch.Tensor:
-        """emb (B, L, d) merged-sequence inputs; returns (B, L, d) states at merged positions."""
-        rows, index = split_domain(torch.arange(emb.shape[1], device=emb.device).expand_as(local), in_domain, -1)
-        seq = emb.gather(1, rows.clamp(min=0)[..., None].expand(-1, -1, emb.shape[-1])) * (rows >= 0)[..., None]
-        out, _ = self.gru(seq)  # (B, Ld, d)
-        return align(out, index)
 
 
 class FilterTransfer(nn.Module):
@@ -63,7 +47,7 @@ class FilterTransfer(nn.Module):
         """h_b, h_a (B, L, d) aligned states; at_b (B, L) positions of B items -> (B, L, d) B->A."""
         g = torch.sigmoid(self.gate(torch.cat([h_b, h_a], -1))[:, :, None] + self.members)  # (B, L, K, d)
         filtered = (g * torch.tanh(self.value(h_b))[:, :, None]).mean(2)  # (B, L, d) mean over members
-        return self.ctu(filtered, at_b, at_b)
+        return self.ctu(filtered, at_b)
 
 
 class PiNet(PerDomainStateModel):
@@ -86,9 +70,9 @@ class PiNet(PerDomainStateModel):
     def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) merged ids -> per domain (B, L, d) user representation for predicting that
         domain's next item after each merged position."""
-        at = [xy < self.n_x, (xy >= self.n_x) & (xy != self.pad_id)]
+        at = list(domain_masks(xy, self.n_x, self.pad_id))
         emb = self.drop(self.item(xy))
-        h = [self.gru[d](emb, xy, at[d]) for d in (0, 1)]
+        h = [self.gru[d](emb, at[d]) for d in (0, 1)]
         reps = []
         for a in (0, 1):
             b = 1 - a

@@ -8,7 +8,7 @@ domain and a part to keep (complementary gates), attends over the members to poo
 gate mixes the kept part with that transferred knowledge. Both directions run in parallel; the
 joined representation of domain A predicts A's next item.
 
-Here every state lives at merged positions (see c2dsr.split_domain / align), so a target at
+Here every state lives at merged positions (see cross_domain.DomainGRU), so a target at
 merged position t in domain A is predicted from the account's whole history up to t; each
 target is scored by a softmax over its own domain's items.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmemf.data.batching import DataBundle
+from llmemf.data.batching import DataBundle, domain_masks
+from llmemf.models.cross_domain import DomainGRU
 from llmemf.models.layers import Dropout, PerDomainStateModel
-from llmemf.models.pinet import DomainGRU
 
 
 @dataclass
@@ -54,11 +54,11 @@ class Join(nn.Module):
 
     def __init__(self, d: int):
         super().__init__()
-        self.transfer = nn.GRU(d, d, batch_first=True)
+        self.transfer = DomainGRU(d)
         self.gate = nn.Linear(2 * d, d)
 
-    def forward(self, keep_a: torch.Tensor, share_b: torch.Tensor) -> torch.Tensor:
-        t, _ = self.transfer(share_b)  # (B, L, d) over merged positions
+    def forward(self, keep_a: torch.Tensor, share_b: torch.Tensor, at_b: torch.Tensor) -> torch.Tensor:
+        t = self.transfer(share_b, at_b)  # (B, L, d): over B's positions only, never over padding
         j = torch.sigmoid(self.gate(torch.cat([keep_a, t], -1)))
         return j * keep_a + (1 - j) * t
 
@@ -82,12 +82,12 @@ class PSJNet(PerDomainStateModel):
         nn.init.normal_(self.out.weight, std=d**-0.5)
 
     def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
-        at = [xy < self.n_x, (xy >= self.n_x) & (xy != self.pad_id)]
+        at = list(domain_masks(xy, self.n_x, self.pad_id))
         emb = self.drop(self.item(xy))
-        h = [self.gru[d](emb, xy, at[d]) for d in (0, 1)]  # (B, L, d) each, at merged positions
+        h = [self.gru[d](emb, at[d]) for d in (0, 1)]  # (B, L, d) each, at merged positions
         parts = [self.split[a](h[a], h[1 - a]) for a in (0, 1)]  # (share, keep) per domain
         reps = []
         for a in (0, 1):
-            joined = self.join[a](parts[a][1], parts[1 - a][0])
+            joined = self.join[a](parts[a][1], parts[1 - a][0], at[1 - a])
             reps.append(torch.tanh(self.decode[a](self.drop(torch.cat([h[a], joined], -1)))))
         return reps
