@@ -189,3 +189,25 @@ def test_srgnn_session_graph_of_every_prefix():
     only_first[2, 3] = 1  # the prefix "1 2" has one edge
     torch.testing.assert_close(adj[0, 3], only_first)
     assert adj[0, 2].sum() == 0
+
+
+def test_gru4rec_official_pieces(tiny_bundle):
+    """Glorot-uniform item table (the official init_parameter_matrix), a zero per-item output bias that enters
+    the scores, and one-step truncated backpropagation in training (the official h.detach_() per step)."""
+    torch.manual_seed(0)
+    model = build_model("gru4rec", {"dropout_hidden": 0.0}, tiny_bundle)
+    n, h = tiny_bundle.n_items, 100
+    bound = math.sqrt(6 / (n + h))
+    w = model.item.weight.detach()
+    assert float(w[:n].abs().max()) <= bound and float(w[:n].abs().max()) > 0.9 * bound and not w[n].any()
+    assert model.out_bias.shape == (n + 1,) and not model.out_bias.any()
+    seq = torch.tensor([[tiny_bundle.pad_id, 3, 7, 11, 40]])
+    model.train()
+    model.encode(seq)[:, -1].sum().backward()
+    rows = model.item.weight.grad.abs().sum(1).nonzero().flatten().tolist()
+    assert rows == [40]  # only the last input: earlier steps are cut off
+    model.eval()
+    with torch.no_grad():
+        model.out_bias[5] = 10.0
+        b = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
+        assert int(model.scores(b, 0)[0].argmax()) == 5

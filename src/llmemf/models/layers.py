@@ -354,15 +354,21 @@ class PerDomainStateModel(Recommender):
 class MergedSequenceModel(Recommender):
     """Shared scoring for models with one state per merged-sequence position (SASRec, GRU4Rec):
     subclasses define ``encode(xy) -> (B, L, d)`` and an ``item`` embedding whose rows are both
-    inputs and output vectors; each target is scored over its own domain's items."""
+    inputs and output vectors, optionally an ``out_bias`` (n_items + 1,) per-item output bias;
+    each target is scored over its own domain's items."""
 
     item: nn.Embedding
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def _bias(self) -> torch.Tensor | None:
+        return getattr(self, "out_bias", None)
+
     def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.item.weight[lo:hi].T
+        s = h @ self.item.weight[lo:hi].T
+        return s if self._bias is None else s + self._bias[lo:hi]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch.xy)  # (B, L, d)
@@ -372,4 +378,7 @@ class MergedSequenceModel(Recommender):
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         h = self.encode(batch.xy)[:, -1]  # (B, d) state after the last real item
         lo, hi = self.domain_ranges[domain]
-        return score_candidates(h, self.item.weight, lo, hi, candidates)
+        if candidates is None:
+            return self._logits(h, lo, hi)
+        s = score_candidates(h, self.item.weight, lo, hi, candidates)
+        return s if self._bias is None else s + self._bias[candidates]
