@@ -91,13 +91,15 @@ def test_non_sequential_models_learn_taste_groups(name, overrides, tmp_path, one
     assert mrr > 2 * max(pop, chance_mrr(bundle)), (name, mrr, pop)
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "srgnn"])
-def test_sequential_models_learn_the_walk(name, tmp_path, one_thread):
+@pytest.mark.parametrize("name, extra, floor", [("gru4rec", [], 0.4), ("srgnn", [], 0.4), ("sasrec", ["train.epochs=12", "model.dropout=0.2"], 0.3)])
+def test_sequential_models_learn_the_walk(name, extra, floor, tmp_path, one_thread):
+    """SASRec with the paper's one-negative BCE loss; its Amazon dropout 0.5 is too much for 80 users
+    (valid MRR 0.14 here against 0.36 at 0.2)."""
     bundle = DataBundle(make_tiny_dataset(), max_len=10)
     pop = valid_mrr("pop", bundle, tmp_path / "pop", [])
-    mrr = valid_mrr(name, bundle, tmp_path / name, ["train.epochs=5", "train.lr=0.01"])
+    mrr = valid_mrr(name, bundle, tmp_path / name, ["train.epochs=5", "train.lr=0.01", *extra])
     # The next item is 3 or 4 steps along the user's walk: an order-aware model ranks it near the top.
-    assert mrr > 0.4 and mrr > 3 * pop, (name, mrr, pop)
+    assert mrr > floor and mrr > 3 * pop, (name, mrr, pop)
 
 
 def mrr_of(model, bundle: DataBundle, new_users: bool) -> float:
@@ -211,3 +213,28 @@ def test_gru4rec_official_pieces(tiny_bundle):
         model.out_bias[5] = 10.0
         b = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
         assert int(model.scores(b, 0)[0].argmax()) == 5
+
+
+def test_sasrec_block_is_the_official_layout(tiny_bundle):
+    """One block by hand, as kang205/SASRec's modules.py computes it: normalised queries, raw keys and values,
+    no output projection, the attention residual on the normalised queries, a ReLU feed-forward with its
+    residual on its normalised input, padding rows zeroed, a final LayerNorm; tied item vectors."""
+    torch.manual_seed(0)
+    model = build_model("sasrec", {"hidden": 8, "n_blocks": 1, "n_heads": 2}, tiny_bundle).eval()
+    pad = tiny_bundle.pad_id
+    seq = torch.tensor([[pad, 4, 9, 31]])
+    b = model.blocks[0]
+    ln = lambda m, x: torch.nn.functional.layer_norm(x, (8,), m.weight, m.bias, 1e-8)  # noqa: E731
+    x = (model.item(seq) * 8**0.5 + model.pos(torch.tensor([3, 2, 1, 0]))[None]) * (seq != pad)[..., None]
+    q_in = ln(b.ln_q, x)
+    heads = lambda t: t.view(1, 4, 2, 4).transpose(1, 2)  # noqa: E731
+    q, k, v = heads(b.q(q_in)), heads(b.k(x)), heads(b.v(x))
+    allowed = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    att = torch.softmax(((q @ k.transpose(-1, -2)) / 2.0).masked_fill(~allowed, -(2.0**32) + 1), -1)
+    a = (att @ v).transpose(1, 2).reshape(1, 4, 8) + q_in
+    y = ln(b.ln_ff, a)
+    out = ln(model.ln_f, (b.ff2(torch.relu(b.ff1(y))) + y) * (seq != pad)[..., None])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(seq), out)
+        batch = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
+        torch.testing.assert_close(model.scores(batch, 1)[0], out[0, -1] @ model.item.weight[30:70].T)

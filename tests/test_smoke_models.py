@@ -34,8 +34,8 @@ def test_model_interface(name, tiny_bundle):
 
 
 def test_sasrec_init_modes(tiny_bundle):
-    """xavier (default): item rows with std sqrt(2 / (rows + d)), smaller than normal's 1/sqrt(d) and far smaller
-    on a real catalogue; pad row zero; bad names rejected."""
+    """xavier (default, the official TF1 Glorot-uniform): item rows with std sqrt(2 / (rows + d)), smaller than
+    normal's 1/sqrt(d) and far smaller on a real catalogue; pad row zero; bad names rejected."""
     torch.manual_seed(0)
     xavier = build_model("sasrec", {"hidden": 16}, tiny_bundle)
     normal = build_model("sasrec", {"hidden": 16, "init": "normal"}, tiny_bundle)
