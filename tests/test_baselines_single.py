@@ -238,3 +238,14 @@ def test_sasrec_block_is_the_official_layout(tiny_bundle):
         torch.testing.assert_close(model.encode(seq), out)
         batch = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
         torch.testing.assert_close(model.scores(batch, 1)[0], out[0, -1] @ model.item.weight[30:70].T)
+
+
+def test_lr_step_decay_is_a_function_of_the_epoch(tmp_path, one_thread):
+    """train.lr_step / lr_gamma (SR-GNN's official x0.1 every 3 epochs): epoch e trains at lr * gamma ** (e // step),
+    and the optimizer saved after the last epoch holds that rate."""
+    bundle = DataBundle(make_tiny_dataset(n_users=20), max_len=6)
+    args = ["model.name=srgnn", "model.hidden=8", f"out={tmp_path}", "train.progress=false", "train.threads=1", "train.epochs=5"]
+    cfg = load_config(None, [*args, "train.lr=0.01", "train.lr_step=2", "train.lr_gamma=0.5", "eval.protocols=[full]", "eval.select_protocol=full"])
+    train(cfg, bundle, log=lambda *a: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 ** (4 // 2))
