@@ -167,3 +167,20 @@ def test_mifn_knowledge_graph_hand_made():
 
 def test_tiny_dataset_fixture_is_two_domain(tiny_dataset: Dataset):
     assert tiny_dataset.manifest.domains[0].n_items == 30
+
+
+def test_pinet_filter_cell_is_the_official_recurrence():
+    """mamuyang/PINet FilterCell: per member k, f_k = sigmoid([own ; other ; s] W_f + b_f + m_k V_f),
+    c_k = tanh([own ; s] W_s + b_s + m_k V_f) (the code's candidate adds V_f's member term), and
+    s' = mean_k f_k * s + (1 - f_k) * c_k: the new state depends on the previous one."""
+    from llmemf.models.pinet import FilterCell
+
+    torch.manual_seed(0)
+    cell = FilterCell(3, n_members=2)
+    assert bool((cell.w_f.bias == 1).all()) and bool((cell.w_s.bias == 1).all())
+    x, s = torch.randn(4, 6), torch.randn(4, 3)
+    u = cell.members @ cell.v_f.weight.T  # (K, d)
+    f = torch.sigmoid((torch.cat([x, s], 1) @ cell.w_f.weight.T + cell.w_f.bias)[:, None] + u)
+    c = torch.tanh((torch.cat([x[:, :3], s], 1) @ cell.w_s.weight.T + cell.w_s.bias)[:, None] + u)
+    torch.testing.assert_close(cell(x, s), (f * s[:, None] + (1 - f) * c).mean(1))
+    assert not torch.allclose(cell(x, s), cell(x, torch.zeros_like(s)))

@@ -10,7 +10,7 @@ import torch
 
 from llmemf.data.batching import domain_masks
 from llmemf.models.base import REGISTRY, build_model
-from llmemf.models.cross_domain import DomainGRU, align, next_in_domain, sample_in_domain, split_domain
+from llmemf.models.cross_domain import DomainGRU, TFGRUCell, align, next_in_domain, sample_in_domain, split_domain
 
 
 def test_alignment_helpers():
@@ -40,22 +40,41 @@ def test_sample_in_domain_stays_in_the_positives_domain():
 
 
 def test_domain_gru_reads_only_its_positions():
-    """At merged position t the state is the GRU run over exactly the masked inputs up to t, from zero:
-    the same as nn.GRU on that subsequence alone, whatever sits at the other positions."""
+    """At merged position t the state is the cell run over exactly the masked inputs up to t, from zero,
+    whatever sits at the other positions; outputs equal states outside training."""
     torch.manual_seed(0)
-    gru = DomainGRU(3, 4)
+    gru = DomainGRU(3, 4, dropout=0.3).eval()
     x = torch.randn(2, 5, 3)
     mask = torch.tensor([[False, True, False, True, True], [False, False, False, False, True]])
-    out = gru(x, mask)
+    out, state = gru(x, mask)
     assert out.shape == (2, 5, 4)
-    ref0, _ = gru.gru(x[0:1, [1, 3, 4]])  # row 0's items, no padding at all
-    torch.testing.assert_close(out[0, [1, 2, 3, 4]], ref0[0, [0, 0, 1, 2]])
+    torch.testing.assert_close(out, state)
+
+    def run(seq: torch.Tensor) -> list[torch.Tensor]:
+        h, hs = torch.zeros(1, 4), []
+        for t in range(seq.shape[0]):
+            h = gru.cell(seq[t : t + 1], h)
+            hs.append(h[0])
+        return hs
+
+    r0 = run(x[0, [1, 3, 4]])  # row 0's items, no padding at all
+    torch.testing.assert_close(out[0, [1, 2, 3, 4]], torch.stack([r0[0], r0[0], r0[1], r0[2]]))
     assert not out[0, 0].any() and not out[1, :4].any()  # before a row's first item: zeros
-    ref1, _ = gru.gru(x[1:2, [4]])
-    torch.testing.assert_close(out[1, 4], ref1[0, 0])
+    torch.testing.assert_close(out[1, 4], run(x[1, [4]])[0])
     x2 = x.clone()
     x2[~mask] = 100.0  # what sits at the other positions does not matter
-    torch.testing.assert_close(gru(x2, mask), out)
+    torch.testing.assert_close(gru(x2, mask)[0], out)
+
+
+def test_tf_gru_cell_is_tensorflows():
+    """TF1 GRUCell: the reset gate multiplies the state before the candidate's matmul; gate bias starts at 1."""
+    torch.manual_seed(0)
+    cell = TFGRUCell(2, 3)
+    assert bool((cell.gate.bias == 1).all()) and not cell.cand.bias.any()
+    x, h = torch.randn(4, 2), torch.randn(4, 3)
+    r, u = torch.sigmoid(torch.cat([x, h], 1) @ cell.gate.weight.T + cell.gate.bias).split(3, 1)
+    c = torch.tanh(torch.cat([x, r * h], 1) @ cell.cand.weight.T + cell.cand.bias)
+    torch.testing.assert_close(cell(x, h), u * h + (1 - u) * c)
 
 
 # Tri-CDR as it stands before its rebuild (issue 13 item 2, another change) moves a user's scores by ~8e-4 when the batch

@@ -143,19 +143,6 @@ def item_embedding(n_items: int, d: int, pad_id: int) -> nn.Embedding:
     return emb
 
 
-def per_domain_cross_entropy(
-    logit_fn: LogitFn, states: list[torch.Tensor], targets: torch.Tensor, domain_ranges: list[tuple[int, int]], pad_id: int
-) -> torch.Tensor:
-    """Mean cross-entropy where a target of domain d is predicted from ``states[d]`` (B, L, h) at its
-    position (models with one representation per domain: pi-Net, PSJNet)."""
-    total, count = targets.new_zeros((), dtype=torch.float), 0
-    for d, (lo, hi) in enumerate(domain_ranges):
-        t = torch.where((targets >= lo) & (targets < hi), targets, pad_id)
-        s, c = domain_cross_entropy(logit_fn, states[d], t, domain_ranges, pad_id)
-        total, count = total + s, count + c
-    return total / max(count, 1)
-
-
 def domain_cross_entropy(
     logit_fn: LogitFn,
     hidden: torch.Tensor,
@@ -327,28 +314,6 @@ class StackedSequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask) * keep
         return self.ln_f(x)
-
-
-class PerDomainStateModel(Recommender):
-    """Shared scoring for models that keep one user representation per domain (pi-Net, PSJNet):
-    subclasses define ``domain_states(xy) -> [states_X, states_Y]`` (each (B, L, d)) and an ``out``
-    embedding of output item vectors; a target of domain d is scored from states_d."""
-
-    out: nn.Embedding
-
-    def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.out.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.domain_states(batch.xy)[domain][:, -1]  # (B, d) after the last real item
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(u, self.out.weight, lo, hi, candidates)
 
 
 class MergedSequenceModel(Recommender):

@@ -129,8 +129,8 @@ class MIFN(Recommender):
         valid = xy != self.pad_id
         at = list(domain_masks(xy, self.n_x, self.pad_id))
         emb = self.drop(self.item(xy))
-        h = [self.seq_gru[d](emb, at[d]) for d in (0, 1)]  # sequential flow per domain
-        kflow = self.know_gru(self.knowledge_vectors(xy), valid)  # (B, L, d) knowledge flow
+        h = [self.seq_gru[d](emb, at[d])[0] for d in (0, 1)]  # sequential flow per domain
+        kflow = self.know_gru(self.knowledge_vectors(xy), valid)[0]  # (B, L, d) knowledge flow
         L = xy.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=xy.device).tril()
         out = []
