@@ -54,7 +54,7 @@ def pop_mrr(tiny_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("name", CROSS)
 def test_trains_and_beats_pop(name, tiny_dir, pop_mrr, tmp_path):
-    res = _train(name, tiny_dir, tmp_path / name, ["model.hidden=32"])
+    res = _train(name, tiny_dir, tmp_path / name, ["model.hidden=32", *(["model.n_nodes=16"] if name == "mifn" else [])])
     mrr = res.valid["c2dsr"].mean_mrr()
     assert np.isfinite(mrr)
     assert mrr > pop_mrr + 0.03, f"{name}: valid MRR {mrr:.3f} vs Pop {pop_mrr:.3f}"
@@ -154,15 +154,48 @@ def test_c2dsr_receptive_field_matches_full_graph(tiny_dataset):
 
 def test_mifn_knowledge_graph_hand_made():
     titles = ["red apple pie", "apple juice", "steel pan", "red pan", None]
-    g = build_knowledge_graph([[0, 2, 4]], titles, n_items=5, window=1, max_word_items=2).toarray()
-    # co-occurrence 0-2, 2-4; rare shared words: apple (0, 1), red (0, 3), pan (2, 3).
-    expected = np.eye(5)
-    for a, b in [(0, 2), (2, 4), (0, 1), (0, 3), (2, 3)]:
-        expected[a, b] = expected[b, a] = 1
-    np.testing.assert_array_equal(g, expected)
+    co, words = (g.toarray() for g in build_knowledge_graph([[0, 2, 4]], titles, n_items=5, window=1, max_word_items=2))
+    # co-occurrence 0-2, 2-4; rare shared words: apple (0, 1), red (0, 3), pan (2, 3); no self-loops.
+    for g, pairs in ((co, [(0, 2), (2, 4)]), (words, [(0, 1), (0, 3), (2, 3)])):
+        expected = np.zeros((5, 5))
+        for a, b in pairs:
+            expected[a, b] = expected[b, a] = 1
+        np.testing.assert_array_equal(g, expected)
     # A word naming more than max_word_items items links nothing.
-    g2 = build_knowledge_graph([], ["a x", "b x", "c x"], n_items=3, window=1, max_word_items=2).toarray()
-    np.testing.assert_array_equal(g2, np.eye(3))
+    _, g2 = build_knowledge_graph([], ["a x", "b x", "c x"], n_items=3, window=1, max_word_items=2)
+    assert g2.nnz == 0
+
+
+def test_mifn_subgraph_nodes_and_availability():
+    """A sequence's subgraph: its items most recent first, then neighbours most-linked first; a node is
+    available from the first position whose item is it or links to it (no look-ahead to later items)."""
+    from scipy import sparse as sp
+
+    from llmemf.models.mifn import subgraphs
+
+    pad = 9
+    union = sp.csr_matrix(np.array([[0, 1, 0, 0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 1, 1, 0, 0, 0], *np.zeros((7, 9))]))
+    union = (union + union.T).tocsr()
+    union.data[:] = 1
+    nodes, since = subgraphs(np.array([[pad, 0, 3, 1]]), pad, union, n_nodes=5)
+    # items 1 (t=3), 3 (t=2), 0 (t=1); neighbours: 4 (linked from 0 and 1), 5 (from 1)
+    assert nodes.tolist() == [[1, 3, 0, 4, 5]] and since.tolist() == [[3, 2, 1, 1, 3]]
+    nodes, since = subgraphs(np.array([[pad, 0, 3, 1]]), pad, union, n_nodes=4)
+    assert nodes.tolist() == [[1, 3, 0, 4]]
+
+
+def test_mifn_loss_pushes_explore_when_the_target_is_outside_the_subgraph(tiny_bundle):
+    """The official extra term -log P_explore applies exactly to targets that are no available node."""
+    from llmemf.models.base import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mifn", {"hidden": 8, "n_nodes": 6, "dropout": 0.0}, tiny_bundle).eval()
+    batch = next(tiny_bundle.train.iter_batches(4))
+    with torch.no_grad():
+        base = model.loss(batch)
+        model.switch[0].bias += 3.0  # more exploit in X: the term grows for X targets outside the subgraph
+        model.switch[1].bias += 3.0
+        assert model.loss(batch) > base
 
 
 def test_tiny_dataset_fixture_is_two_domain(tiny_dataset: Dataset):
