@@ -13,6 +13,13 @@ training), so p_u is learnt from exactly the history the evaluation gives (see b
 of no known user (``Batch.user == NO_USER``: `llmemf recommend`) is folded in: p_u is fitted to it by
 the same log loss, every other weight frozen (layers.fold_in), from the mean trained user vector.
 
+As the authors' code (hexiangnan/neural_collaborative_filtering, ``MLP.py``): embeddings N(0, 0.01^2),
+ReLU tower 64 -> 32 -> 16 -> 8 (Glorot-uniform), LeCun-uniform sigmoid output, 4 negatives per positive,
+Adam lr 1e-3, batch 256. Differences forced by the shared protocol (docs/baselines.md): negatives are drawn
+from the positive's own domain (evaluation ranks within a domain; the official draws from every item),
+a batch is the positives of ``batch_size`` users (the official shuffles (user, item) instances), and a
+repeated training item counts as often as it occurs (the official trains on the distinct pairs).
+
 Scoring every item of a domain means one MLP pass per (user, item) pair. The first layer is linear
 in the concatenation, W [p_u ; q_i] = W_u p_u + W_i q_i, so both halves are computed once, and the
 pairs are formed in chunks of items to bound memory.
@@ -65,6 +72,21 @@ class NCFMLP(Recommender):
             rest += [nn.ReLU(), Dropout(config.dropout), nn.Linear(a, b)]
         self.tower = nn.Sequential(*rest, nn.ReLU())  # (..., widths[1]) pre-activation -> (..., widths[-1])
         self.predict = nn.Linear(widths[-1], 1)
+        # The authors' Keras code (hexiangnan/neural_collaborative_filtering, MLP.py): Glorot-uniform tower layers
+        # (Keras 1's default, over the whole [p_u ; q_i] -> w1 matrix, so both halves share its bound), LeCun-uniform
+        # prediction layer, zero biases.
+        with torch.no_grad():
+            bound = (6.0 / (widths[0] + widths[1])) ** 0.5
+            for half in (self.first_user.weight, self.first_item.weight):
+                nn.init.uniform_(half, -bound, bound)
+            self.first_user.bias.zero_()
+            for m in self.tower:
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    m.bias.zero_()
+            lecun = (3.0 / widths[-1]) ** 0.5
+            nn.init.uniform_(self.predict.weight, -lecun, lecun)
+            self.predict.bias.zero_()
 
     def _logits(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """u (B, w1) user half of the first layer; items (B, C) ids -> (B, C) logits."""
