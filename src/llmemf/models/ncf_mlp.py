@@ -16,7 +16,8 @@ the same log loss, every other weight frozen (layers.fold_in), from the mean tra
 As the authors' code (hexiangnan/neural_collaborative_filtering, ``MLP.py``): embeddings N(0, 0.01^2),
 ReLU tower 64 -> 32 -> 16 -> 8 (Glorot-uniform), LeCun-uniform sigmoid output, 4 negatives per positive,
 Adam lr 1e-3, batch 256. Differences forced by the shared protocol (docs/baselines.md): negatives are drawn
-from the positive's own domain (evaluation ranks within a domain; the official draws from every item),
+from the positive's own domain (evaluation ranks within a domain; the official draws from every item the
+user has not seen),
 a batch is the positives of ``batch_size`` users (the official shuffles (user, item) instances), and a
 repeated training item counts as often as it occurs (the official trains on the distinct pairs).
 
