@@ -16,7 +16,7 @@ from tiny_data import make_tiny_dataset
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.models.c2dsr import align, build_item_graph, next_in_domain, split_domain
+from llmemf.models.c2dsr import build_item_graph
 from llmemf.models.mifn import build_knowledge_graph
 from llmemf.training.trainer import train
 
@@ -54,7 +54,7 @@ def pop_mrr(tiny_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("name", CROSS)
 def test_trains_and_beats_pop(name, tiny_dir, pop_mrr, tmp_path):
-    res = _train(name, tiny_dir, tmp_path / name, ["model.hidden=32"])
+    res = _train(name, tiny_dir, tmp_path / name, ["model.hidden=32", *(["model.n_nodes=16"] if name == "mifn" else [])])
     mrr = res.valid["c2dsr"].mean_mrr()
     assert np.isfinite(mrr)
     assert mrr > pop_mrr + 0.03, f"{name}: valid MRR {mrr:.3f} vs Pop {pop_mrr:.3f}"
@@ -152,32 +152,68 @@ def test_c2dsr_receptive_field_matches_full_graph(tiny_dataset):
     torch.testing.assert_close(single[local], full_s[batch.xy], rtol=1e-4, atol=1e-5)
 
 
-def test_alignment_helpers():
-    pad, n_x = 9, 4  # X = 0..3, Y = 4..8
-    xy = torch.tensor([[pad, 0, 5, 1, 6], [pad, pad, 7, 8, 2]])
-    is_x = xy < n_x
-    x, ix = split_domain(xy, is_x, pad)
-    assert x.tolist() == [[0, 1], [pad, 2]]
-    assert ix.tolist() == [[-1, 0, 0, 1, 1], [-1, -1, -1, -1, 1]]
-    states = torch.arange(4.0).view(2, 2, 1)  # state value = compact index (+2 for row 1)
-    assert align(states, ix).squeeze(-1).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 3]]
-    tgt = torch.tensor([[pad, 5, 1, 6, 3], [pad, pad, 8, 2, 4]])
-    assert next_in_domain(tgt, 0, n_x, pad).tolist() == [[1, 1, 1, 3, 3], [2, 2, 2, 2, pad]]
-    assert next_in_domain(tgt, n_x, pad, pad).tolist() == [[5, 5, 6, 6, pad], [8, 8, 8, 4, 4]]
-
-
 def test_mifn_knowledge_graph_hand_made():
     titles = ["red apple pie", "apple juice", "steel pan", "red pan", None]
-    g = build_knowledge_graph([[0, 2, 4]], titles, n_items=5, window=1, max_word_items=2).toarray()
-    # co-occurrence 0-2, 2-4; rare shared words: apple (0, 1), red (0, 3), pan (2, 3).
-    expected = np.eye(5)
-    for a, b in [(0, 2), (2, 4), (0, 1), (0, 3), (2, 3)]:
-        expected[a, b] = expected[b, a] = 1
-    np.testing.assert_array_equal(g, expected)
+    co, words = (g.toarray() for g in build_knowledge_graph([[0, 2, 4]], titles, n_items=5, window=1, max_word_items=2))
+    # co-occurrence 0-2, 2-4; rare shared words: apple (0, 1), red (0, 3), pan (2, 3); no self-loops.
+    for g, pairs in ((co, [(0, 2), (2, 4)]), (words, [(0, 1), (0, 3), (2, 3)])):
+        expected = np.zeros((5, 5))
+        for a, b in pairs:
+            expected[a, b] = expected[b, a] = 1
+        np.testing.assert_array_equal(g, expected)
     # A word naming more than max_word_items items links nothing.
-    g2 = build_knowledge_graph([], ["a x", "b x", "c x"], n_items=3, window=1, max_word_items=2).toarray()
-    np.testing.assert_array_equal(g2, np.eye(3))
+    _, g2 = build_knowledge_graph([], ["a x", "b x", "c x"], n_items=3, window=1, max_word_items=2)
+    assert g2.nnz == 0
+
+
+def test_mifn_subgraph_nodes_and_availability():
+    """A sequence's subgraph: its items most recent first, then neighbours most-linked first; a node is
+    available from the first position whose item is it or links to it (no look-ahead to later items)."""
+    from scipy import sparse as sp
+
+    from llmemf.models.mifn import subgraphs
+
+    pad = 9
+    union = sp.csr_matrix(np.array([[0, 1, 0, 0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 1, 1, 0, 0, 0], *np.zeros((7, 9))]))
+    union = (union + union.T).tocsr()
+    union.data[:] = 1
+    nodes, since = subgraphs(np.array([[pad, 0, 3, 1]]), pad, union, n_nodes=5)
+    # items 1 (t=3), 3 (t=2), 0 (t=1); neighbours: 4 (linked from 0 and 1), 5 (from 1)
+    assert nodes.tolist() == [[1, 3, 0, 4, 5]] and since.tolist() == [[3, 2, 1, 1, 3]]
+    nodes, since = subgraphs(np.array([[pad, 0, 3, 1]]), pad, union, n_nodes=4)
+    assert nodes.tolist() == [[1, 3, 0, 4]]
+
+
+def test_mifn_loss_pushes_explore_when_the_target_is_outside_the_subgraph(tiny_bundle):
+    """The official extra term -log P_explore applies exactly to targets that are no available node."""
+    from llmemf.models.base import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mifn", {"hidden": 8, "n_nodes": 6, "dropout": 0.0}, tiny_bundle).eval()
+    batch = next(tiny_bundle.train.iter_batches(4))
+    with torch.no_grad():
+        base = model.loss(batch)
+        model.switch[0].bias += 3.0  # more exploit in X: the term grows for X targets outside the subgraph
+        model.switch[1].bias += 3.0
+        assert model.loss(batch) > base
 
 
 def test_tiny_dataset_fixture_is_two_domain(tiny_dataset: Dataset):
     assert tiny_dataset.manifest.domains[0].n_items == 30
+
+
+def test_pinet_filter_cell_is_the_official_recurrence():
+    """mamuyang/PINet FilterCell: per member k, f_k = sigmoid([own ; other ; s] W_f + b_f + m_k V_f),
+    c_k = tanh([own ; s] W_s + b_s + m_k V_f) (the code's candidate adds V_f's member term), and
+    s' = mean_k f_k * s + (1 - f_k) * c_k: the new state depends on the previous one."""
+    from llmemf.models.pinet import FilterCell
+
+    torch.manual_seed(0)
+    cell = FilterCell(3, n_members=2)
+    assert bool((cell.w_f.bias == 1).all()) and bool((cell.w_s.bias == 1).all())
+    x, s = torch.randn(4, 6), torch.randn(4, 3)
+    u = cell.members @ cell.v_f.weight.T  # (K, d)
+    f = torch.sigmoid((torch.cat([x, s], 1) @ cell.w_f.weight.T + cell.w_f.bias)[:, None] + u)
+    c = torch.tanh((torch.cat([x[:, :3], s], 1) @ cell.w_s.weight.T + cell.w_s.bias)[:, None] + u)
+    torch.testing.assert_close(cell(x, s), (f * s[:, None] + (1 - f) * c).mean(1))
+    assert not torch.allclose(cell(x, s), cell(x, torch.zeros_like(s)))

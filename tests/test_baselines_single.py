@@ -14,7 +14,7 @@ from tiny_data import make_tiny_dataset
 from llmemf.config import load_config
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
-from llmemf.models.base import build_model
+from llmemf.models.base import NO_USER, build_model
 from llmemf.models.itemknn import cooccurrence
 from llmemf.training.trainer import train
 
@@ -91,13 +91,50 @@ def test_non_sequential_models_learn_taste_groups(name, overrides, tmp_path, one
     assert mrr > 2 * max(pop, chance_mrr(bundle)), (name, mrr, pop)
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "srgnn"])
-def test_sequential_models_learn_the_walk(name, tmp_path, one_thread):
+@pytest.mark.parametrize("name, extra, floor", [("gru4rec", [], 0.4), ("srgnn", [], 0.4), ("sasrec", ["train.epochs=12", "model.dropout=0.2"], 0.3)])
+def test_sequential_models_learn_the_walk(name, extra, floor, tmp_path, one_thread):
+    """SASRec with the paper's one-negative BCE loss; its Amazon dropout 0.5 is too much for 80 users
+    (valid MRR 0.14 here against 0.36 at 0.2)."""
     bundle = DataBundle(make_tiny_dataset(), max_len=10)
     pop = valid_mrr("pop", bundle, tmp_path / "pop", [])
-    mrr = valid_mrr(name, bundle, tmp_path / name, ["train.epochs=5", "train.lr=0.01"])
+    mrr = valid_mrr(name, bundle, tmp_path / name, ["train.epochs=5", "train.lr=0.01", *extra])
     # The next item is 3 or 4 steps along the user's walk: an order-aware model ranks it near the top.
-    assert mrr > 0.4 and mrr > 3 * pop, (name, mrr, pop)
+    assert mrr > floor and mrr > 3 * pop, (name, mrr, pop)
+
+
+def mrr_of(model, bundle: DataBundle, new_users: bool) -> float:
+    """Validation MRR over full domain rankings, mean over domains; ``new_users``: every row scored as a
+    history of no known user (what `llmemf recommend` sends), under inference mode as recommend runs."""
+    split, ranks = bundle.splits["valid"], {0: [], 1: []}
+    with torch.inference_mode():
+        for b in split.iter_batches(64):
+            user = torch.full_like(b.user, NO_USER) if new_users else b.user
+            for d in (0, 1):
+                sel = b.target_domain == d
+                batch = Batch(user=user[sel], xy=b.xy[sel], x=b.x[sel], y=b.y[sel])
+                s = model.scores(batch, d)
+                t = s.gather(1, (b.target[sel] - bundle.domain_range(d)[0])[:, None])
+                ranks[d] += (1 + (s > t).sum(1)).tolist()
+    return float(np.mean([np.mean([1 / r for r in ranks[d]]) for d in (0, 1)]))
+
+
+@pytest.mark.parametrize("name, overrides", [("bprmf", ["train.epochs=20", "train.lr=0.05"]), ("ncf_mlp", ["train.epochs=20", "train.lr=0.01"])])
+def test_user_id_models_fold_in_a_new_history(name, overrides, tmp_path, one_thread):
+    """recommend's rows carry no known user (NO_USER): the model fits a user vector to the given history
+    with its own loss, instead of scoring whichever user has index 0. Folded-in users rank about as well
+    as the trained ones, far above chance; the same history gives the same scores."""
+    torch.manual_seed(0)
+    bundle = DataBundle(make_group_dataset(), max_len=12)
+    args = [f"model.name={name}", f"out={tmp_path}", "train.progress=false", "train.threads=1", "train.batch_size=32"]
+    cfg = load_config(None, [*args, "eval.protocols=[full]", "eval.select_protocol=full", *overrides])
+    model = train(cfg, bundle, log=lambda *a: None).model.eval()
+    known, folded = mrr_of(model, bundle, False), mrr_of(model, bundle, True)
+    assert folded > 2 * chance_mrr(bundle) and folded > 0.7 * known, (name, folded, known)
+    b = next(bundle.splits["valid"].iter_batches(4))
+    new = Batch(user=torch.full_like(b.user, NO_USER), xy=b.xy, x=b.x, y=b.y)
+    with torch.no_grad():
+        torch.testing.assert_close(model.scores(new, 1), model.scores(new, 1))
+        assert not torch.allclose(model.scores(new, 1)[0], model.scores(Batch(user=torch.zeros_like(b.user), xy=b.xy, x=b.x, y=b.y), 1)[0])
 
 
 def test_itemknn_similarity_hand_case():
@@ -156,13 +193,59 @@ def test_srgnn_session_graph_of_every_prefix():
     assert adj[0, 2].sum() == 0
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "srgnn"])
-def test_scores_do_not_depend_on_left_padding(name, tiny_bundle):
+def test_gru4rec_official_pieces(tiny_bundle):
+    """Glorot-uniform item table (the official init_parameter_matrix), a zero per-item output bias that enters
+    the scores, and one-step truncated backpropagation in training (the official h.detach_() per step)."""
     torch.manual_seed(0)
-    model = build_model(name, {}, tiny_bundle).eval()
-    batch = next(tiny_bundle.splits["valid"].iter_batches(8))
-    wider = torch.cat([torch.full((batch.size, 3), tiny_bundle.pad_id), batch.xy], dim=1)  # 3 more pad columns
+    model = build_model("gru4rec", {"dropout_hidden": 0.0}, tiny_bundle)
+    n, h = tiny_bundle.n_items, 100
+    bound = math.sqrt(6 / (n + h))
+    w = model.item.weight.detach()
+    assert float(w[:n].abs().max()) <= bound and float(w[:n].abs().max()) > 0.9 * bound and not w[n].any()
+    assert model.out_bias.shape == (n + 1,) and not model.out_bias.any()
+    seq = torch.tensor([[tiny_bundle.pad_id, 3, 7, 11, 40]])
+    model.train()
+    model.encode(seq)[:, -1].sum().backward()
+    rows = model.item.weight.grad.abs().sum(1).nonzero().flatten().tolist()
+    assert rows == [40]  # only the last input: earlier steps are cut off
+    model.eval()
     with torch.no_grad():
-        a = model.scores(batch, 1)
-        b = model.scores(Batch(user=batch.user, xy=wider, x=batch.x, y=batch.y), 1)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        model.out_bias[5] = 10.0
+        b = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
+        assert int(model.scores(b, 0)[0].argmax()) == 5
+
+
+def test_sasrec_block_is_the_official_layout(tiny_bundle):
+    """One block by hand, as kang205/SASRec's modules.py computes it: normalised queries, raw keys and values,
+    no output projection, the attention residual on the normalised queries, a ReLU feed-forward with its
+    residual on its normalised input, padding rows zeroed, a final LayerNorm; tied item vectors."""
+    torch.manual_seed(0)
+    model = build_model("sasrec", {"hidden": 8, "n_blocks": 1, "n_heads": 2}, tiny_bundle).eval()
+    pad = tiny_bundle.pad_id
+    seq = torch.tensor([[pad, 4, 9, 31]])
+    b = model.blocks[0]
+    ln = lambda m, x: torch.nn.functional.layer_norm(x, (8,), m.weight, m.bias, 1e-8)  # noqa: E731
+    x = (model.item(seq) * 8**0.5 + model.pos(torch.tensor([3, 2, 1, 0]))[None]) * (seq != pad)[..., None]
+    q_in = ln(b.ln_q, x)
+    heads = lambda t: t.view(1, 4, 2, 4).transpose(1, 2)  # noqa: E731
+    q, k, v = heads(b.q(q_in)), heads(b.k(x)), heads(b.v(x))
+    allowed = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    att = torch.softmax(((q @ k.transpose(-1, -2)) / 2.0).masked_fill(~allowed, -(2.0**32) + 1), -1)
+    a = (att @ v).transpose(1, 2).reshape(1, 4, 8) + q_in
+    y = ln(b.ln_ff, a)
+    out = ln(model.ln_f, (b.ff2(torch.relu(b.ff1(y))) + y) * (seq != pad)[..., None])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(seq), out)
+        batch = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
+        torch.testing.assert_close(model.scores(batch, 1)[0], out[0, -1] @ model.item.weight[30:70].T)
+
+
+def test_lr_step_decay_is_a_function_of_the_epoch(tmp_path, one_thread):
+    """train.lr_step / lr_gamma (SR-GNN's official x0.1 every 3 epochs): epoch e trains at lr * gamma ** (e // step),
+    and the optimizer saved after the last epoch holds that rate."""
+    bundle = DataBundle(make_tiny_dataset(n_users=20), max_len=6)
+    args = ["model.name=srgnn", "model.hidden=8", f"out={tmp_path}", "train.progress=false", "train.threads=1", "train.epochs=5"]
+    cfg = load_config(None, [*args, "train.lr=0.01", "train.lr_step=2", "train.lr_gamma=0.5", "eval.protocols=[full]", "eval.select_protocol=full"])
+    train(cfg, bundle, log=lambda *a: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 ** (4 // 2))

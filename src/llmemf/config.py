@@ -75,6 +75,8 @@ class TrainConfig:
     # the CPU has native bf16 (AVX512-BF16 or AMX); true/false force it. Evaluation stays fp32 (eval.bf16).
     bf16: bool | None = None
     grad_clip: float = 0.0  # 0 = off
+    lr_step: int = 0  # step decay: epoch e (from 0) trains at lr * lr_gamma ** (e // lr_step); 0 = constant lr (SR-GNN: 3)
+    lr_gamma: float = 0.1  # the step decay's factor
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     progress: bool = True  # progress bar with loss and ETA
@@ -83,7 +85,10 @@ class TrainConfig:
         # epochs and patience may be 0 here (closed-form models ignore them; the trainer's config comparison
         # zeroes them); check_run_config asks a trainable model for at least 1 of each.
         check_fields(
-            self, "train.", positive=("lr", "batch_size"), nonneg=("weight_decay", "epochs", "patience", "grad_clip", "max_minutes", "threads")
+            self,
+            "train.",
+            positive=("lr", "batch_size", "lr_gamma"),
+            nonneg=("weight_decay", "epochs", "patience", "grad_clip", "max_minutes", "threads", "lr_step"),
         )
 
 

@@ -6,7 +6,8 @@ A model is built from its config dataclass and the DataBundle, then the one trai
                                            (B, n_domain_items) for every item of ``domain`` when
                                            ``candidates`` is None (domain-local order)
     fit(bundle)                         -> closed-form fitting (Pop, ItemKNN); gradient models skip it
-Higher scores mean "more likely next".
+Higher scores mean "more likely next". A batch row whose ``user`` is ``NO_USER`` is a history of no
+known user: models that read user embeddings fold that history in (see layers.fold_in).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class Recommender(nn.Module):
         """Closed-form models compute their statistics here; called once before training."""
 
 
+# Batch.user of a history that belongs to no known user (serving a new history): a user-ID model
+# (BPRMF, NCF-MLP) folds that history in instead of reading a user embedding.
+NO_USER = -1
+
+
 # name -> "module:Class" (imported lazily so that `llmemf models` stays fast)
 REGISTRY: dict[str, str] = {
     "pop": "llmemf.models.pop:Pop",
@@ -64,27 +70,12 @@ REGISTRY: dict[str, str] = {
 
 
 def model_class(name: str) -> type[Recommender]:
+    """The class registered as ``name``; KeyError for an unknown name. A registered model whose module
+    fails to import raises that ImportError: every registered model exists, so a failure is a bug."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            raise KeyError(f"model {name!r} is registered but not implemented yet ({module})") from e
-        raise
-
-
-def available_models() -> list[str]:
-    """Registered names whose module exists."""
-    out = []
-    for name in REGISTRY:
-        try:
-            model_class(name)
-        except KeyError:
-            continue
-        out.append(name)
-    return out
+    return getattr(importlib.import_module(module), cls)
 
 
 def check_model_params(name: str, params: dict[str, Any]) -> type[Recommender]:

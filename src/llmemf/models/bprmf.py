@@ -13,6 +13,10 @@ targets never appear in training), so w_u is learnt from the history the evaluat
 A user with no training sequence keeps their random initial w_u: this model needs the evaluated
 users in training, as matrix factorisation always does.
 
+A history of no known user (``Batch.user == NO_USER``: `llmemf recommend`) is folded in: w_u is fitted
+to that history by the BPR loss itself, item factors frozen (layers.fold_in), from the mean trained
+user vector, with an L2 pull to zero. Same history, same vector (the negatives are seeded).
+
 The item bias b_i is not in the paper's MF; it is off by default.
 """
 
@@ -26,7 +30,9 @@ from torch import nn
 
 from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
-from llmemf.models.base import Recommender
+from llmemf.models.base import NO_USER, Recommender
+from llmemf.models.cross_domain import sample_in_domain
+from llmemf.models.layers import fold_in, training_items
 
 
 @dataclass
@@ -34,24 +40,12 @@ class BPRMFConfig:
     hidden: int = 64  # latent factors (the paper sweeps 8..128)
     init_std: float = 0.1  # N(0, std^2) initialisation of the factors, as in the paper
     item_bias: bool = False  # add a learnt per-item bias (not in the paper)
+    fold_in_steps: int = 100  # Adam steps fitting a new history's user vector (recommend; see layers.fold_in)
+    fold_in_lr: float = 0.05  # their learning rate
+    fold_in_l2: float = 0.01  # L2 weight on the folded-in vector (keeps a short history's vector bounded)
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.", positive=("hidden", "init_std"))
-
-
-def sample_in_domain(pos: torch.Tensor, domain_ranges: list[tuple[int, int]], n: int = 1) -> torch.Tensor:
-    """(...,) global positive ids -> (..., n) ids drawn uniformly from each positive's own domain
-    (a negative may rarely equal the positive; with thousands of items per domain this is noise)."""
-    (lo0, hi0), (lo1, hi1) = domain_ranges
-    in1 = (pos >= lo1)[..., None]
-    lo = torch.where(in1, lo1, lo0)
-    size = torch.where(in1, hi1 - lo1, hi0 - lo0)
-    return lo + (torch.rand(*pos.shape, n, device=pos.device) * size).long().clamp_max(size - 1)
-
-
-def training_items(batch: Batch) -> torch.Tensor:
-    """(B, L + 1) every item of each training sequence (inputs plus the last target), pad elsewhere."""
-    return torch.cat([batch.xy, batch.xy_target[:, -1:]], dim=1)
+        check_fields(self, "model.", positive=("hidden", "init_std", "fold_in_steps", "fold_in_lr"), nonneg=("fold_in_l2",))
 
 
 class BPRMF(Recommender):
@@ -77,16 +71,36 @@ class BPRMF(Recommender):
         s = torch.einsum("bd,bcd->bc", u, self.item(items))
         return s if self.bias is None else s + self.bias(items)[..., 0]
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        pos = training_items(batch)  # (B, P)
+    def _pair_loss(self, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """Mean BPR loss of users u (B, d) over positives pos (B, P) (pad = none) and negatives neg (B, P)."""
         valid = pos != self.pad_id
-        neg = sample_in_domain(pos, self.domain_ranges)[..., 0]  # (B, P)
-        u = self.user(batch.user)  # (B, d)
         diff = self._score(u, pos) - self._score(u, neg)  # (B, P)
         return -(F.logsigmoid(diff) * valid).sum() / valid.sum().clamp_min(1)
 
+    def loss(self, batch: Batch) -> torch.Tensor:
+        pos = training_items(batch)  # (B, P)
+        neg = sample_in_domain(pos, self.domain_ranges)[..., 0]  # (B, P)
+        return self._pair_loss(self.user(batch.user), pos, neg)
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:
+        """(B, d): the learnt w_u of known users; rows with user == NO_USER fold their history ``xy`` in."""
+        new = batch.user == NO_USER
+        u = self.user(batch.user.clamp(min=0))
+        if not bool(new.any()):
+            return u
+        hist = batch.xy[new]  # (N, L)
+        gen = torch.Generator(device=hist.device).manual_seed(0)
+
+        def objective(w: torch.Tensor) -> torch.Tensor:
+            pos = hist.clone()  # a normal tensor even when the batch was made under inference mode
+            return self._pair_loss(w, pos, sample_in_domain(pos, self.domain_ranges, 1, gen)[..., 0])
+
+        init = self.user.weight.detach().mean(0).expand(len(hist), -1)
+        c = self.config
+        return u.masked_scatter(new[:, None], fold_in(objective, init, c.fold_in_steps, c.fold_in_lr, c.fold_in_l2))
+
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.user(batch.user)  # (B, d)
+        u = self.user_vectors(batch)  # (B, d)
         lo, hi = self.domain_ranges[domain]
         if candidates is not None:
             return self._score(u, candidates)

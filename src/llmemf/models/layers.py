@@ -111,6 +111,29 @@ class SequenceEncoder(nn.Module):
 LogitFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
+def training_items(batch: Batch) -> torch.Tensor:
+    """(B, L + 1) every item of each training sequence (inputs plus the last target), pad elsewhere."""
+    return torch.cat([batch.xy, batch.xy_target[:, -1:]], dim=1)
+
+
+def fold_in(objective: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, steps: int, lr: float, l2: float) -> torch.Tensor:
+    """Fold new users into a trained user-ID model: the user vectors minimising the model's own
+    training ``objective(u)`` (a scalar over the users' histories) + ``l2`` * mean ||u||^2, with every
+    model weight frozen (``steps`` Adam steps from ``init`` (B, d)). Standard folding-in for latent
+    factor models (Sarwar et al. 2002): the item side stays as trained, only the new rows are fitted.
+    Works under the caller's inference mode (recommend) by leaving it for these few steps."""
+    with torch.inference_mode(False), torch.enable_grad():
+        u = init.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = objective(u) + l2 * u.pow(2).sum(1).mean()
+            (grad,) = torch.autograd.grad(loss, [u])
+            u.grad = grad
+            opt.step()
+    return u.detach()
+
+
 def item_embedding(n_items: int, d: int, pad_id: int) -> nn.Embedding:
     """(n_items + 1, d) item table, N(0, 1/d) rows and a zero padding row."""
     emb = nn.Embedding(n_items + 1, d, padding_idx=pad_id)
@@ -118,19 +141,6 @@ def item_embedding(n_items: int, d: int, pad_id: int) -> nn.Embedding:
     with torch.no_grad():
         emb.weight[pad_id].zero_()
     return emb
-
-
-def per_domain_cross_entropy(
-    logit_fn: LogitFn, states: list[torch.Tensor], targets: torch.Tensor, domain_ranges: list[tuple[int, int]], pad_id: int
-) -> torch.Tensor:
-    """Mean cross-entropy where a target of domain d is predicted from ``states[d]`` (B, L, h) at its
-    position (models with one representation per domain: pi-Net, PSJNet)."""
-    total, count = targets.new_zeros((), dtype=torch.float), 0
-    for d, (lo, hi) in enumerate(domain_ranges):
-        t = torch.where((targets >= lo) & (targets < hi), targets, pad_id)
-        s, c = domain_cross_entropy(logit_fn, states[d], t, domain_ranges, pad_id)
-        total, count = total + s, count + c
-    return total / max(count, 1)
 
 
 def domain_cross_entropy(
@@ -306,40 +316,24 @@ class StackedSequenceEncoder(nn.Module):
         return self.ln_f(x)
 
 
-class PerDomainStateModel(Recommender):
-    """Shared scoring for models that keep one user representation per domain (pi-Net, PSJNet):
-    subclasses define ``domain_states(xy) -> [states_X, states_Y]`` (each (B, L, d)) and an ``out``
-    embedding of output item vectors; a target of domain d is scored from states_d."""
-
-    out: nn.Embedding
-
-    def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
-
-    def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.out.weight[lo:hi].T
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        return per_domain_cross_entropy(self._logits, self.domain_states(batch.xy), batch.xy_target, self.domain_ranges, self.pad_id)
-
-    def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        u = self.domain_states(batch.xy)[domain][:, -1]  # (B, d) after the last real item
-        lo, hi = self.domain_ranges[domain]
-        return score_candidates(u, self.out.weight, lo, hi, candidates)
-
-
 class MergedSequenceModel(Recommender):
     """Shared scoring for models with one state per merged-sequence position (SASRec, GRU4Rec):
     subclasses define ``encode(xy) -> (B, L, d)`` and an ``item`` embedding whose rows are both
-    inputs and output vectors; each target is scored over its own domain's items."""
+    inputs and output vectors, optionally an ``out_bias`` (n_items + 1,) per-item output bias;
+    each target is scored over its own domain's items."""
 
     item: nn.Embedding
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def _bias(self) -> torch.Tensor | None:
+        return getattr(self, "out_bias", None)
+
     def _logits(self, h: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return h @ self.item.weight[lo:hi].T
+        s = h @ self.item.weight[lo:hi].T
+        return s if self._bias is None else s + self._bias[lo:hi]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch.xy)  # (B, L, d)
@@ -349,4 +343,7 @@ class MergedSequenceModel(Recommender):
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         h = self.encode(batch.xy)[:, -1]  # (B, d) state after the last real item
         lo, hi = self.domain_ranges[domain]
-        return score_candidates(h, self.item.weight, lo, hi, candidates)
+        if candidates is None:
+            return self._logits(h, lo, hi)
+        s = score_candidates(h, self.item.weight, lo, hi, candidates)
+        return s if self._bias is None else s + self._bias[candidates]

@@ -8,9 +8,16 @@ domain and a part to keep (complementary gates), attends over the members to poo
 gate mixes the kept part with that transferred knowledge. Both directions run in parallel; the
 joined representation of domain A predicts A's next item.
 
-Here every state lives at merged positions (see c2dsr.split_domain / align), so a target at
-merged position t in domain A is predicted from the account's whole history up to t; each
-target is scored by a softmax over its own domain's items.
+No public code of PSJNet was found (GitHub code search, paperswithcode: "no code implementations"); the
+paper says π-Net is its PSJNet-I, so the parts PSJNet-II shares with it are π-Net's code (models/pinet.py):
+per-domain TF1 GRU encoders with dropout on input, output and state, a dropout + dense decoder with a
+per-item bias over [A's state ; joined knowledge]. The split and join units follow the paper's description
+(split role-specific parts at each timestamp; join them over all timestamps and roles) and are not
+checked against code.
+
+Here every state lives at merged positions (cross_domain.DomainRNN: a GRU steps over its own domain's
+positions only), so a target at merged position t in domain A is predicted from the account's whole
+history up to t; each target is scored by a softmax over its own domain's items.
 """
 
 from __future__ import annotations
@@ -21,16 +28,16 @@ import torch
 from torch import nn
 
 from llmemf.config import check_fields
-from llmemf.data.batching import DataBundle
-from llmemf.models.layers import Dropout, PerDomainStateModel
-from llmemf.models.pinet import DomainGRU
+from llmemf.data.batching import DataBundle, domain_masks
+from llmemf.models.cross_domain import DomainGRU, PerDomainStateModel, domain_xavier_normal_
+from llmemf.models.layers import Dropout
 
 
 @dataclass
 class PSJNetConfig:
     hidden: int = 90  # embedding and GRU width (as π-Net, which PSJNet extends)
     n_members: int = 4  # K latent account members in the split unit
-    dropout: float = 0.2  # on embeddings and the join input
+    dropout: float = 0.2  # every GRU's input / output / state and the decoder input (π-Net's keep_prob 0.8)
 
     def __post_init__(self) -> None:
         check_fields(self, "model.", positive=("hidden", "n_members"), fraction=("dropout",))
@@ -56,13 +63,13 @@ class Split(nn.Module):
 class Join(nn.Module):
     """Transfer GRU over the other domain's shared part, gated into this domain's kept part."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, dropout: float):
         super().__init__()
-        self.transfer = nn.GRU(d, d, batch_first=True)
+        self.transfer = DomainGRU(d, d, dropout)
         self.gate = nn.Linear(2 * d, d)
 
-    def forward(self, keep_a: torch.Tensor, share_b: torch.Tensor) -> torch.Tensor:
-        t, _ = self.transfer(share_b)  # (B, L, d) over merged positions
+    def forward(self, keep_a: torch.Tensor, share_b: torch.Tensor, at_b: torch.Tensor) -> torch.Tensor:
+        _, t = self.transfer(share_b, at_b)  # (B, L, d): over B's positions only, never over padding
         j = torch.sigmoid(self.gate(torch.cat([keep_a, t], -1)))
         return j * keep_a + (1 - j) * t
 
@@ -74,24 +81,27 @@ class PSJNet(PerDomainStateModel):
 
     def __init__(self, config: PSJNetConfig, bundle: DataBundle):
         super().__init__(config, bundle)
-        d = config.hidden
+        d, p = config.hidden, config.dropout
         self.n_x = self.domain_ranges[0][1]
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)
-        self.drop = Dropout(config.dropout)
-        self.gru = nn.ModuleList([DomainGRU(d), DomainGRU(d)])
+        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)  # the two domains' tables, stacked
+        domain_xavier_normal_(self.item.weight, self.domain_ranges)
+        with torch.no_grad():
+            self.item.weight[self.pad_id].zero_()
+        self.encoder = nn.ModuleList([DomainGRU(d, d, p) for _ in range(2)])
         self.split = nn.ModuleList([Split(d, config.n_members), Split(d, config.n_members)])
-        self.join = nn.ModuleList([Join(d), Join(d)])
-        self.decode = nn.ModuleList([nn.Linear(2 * d, d), nn.Linear(2 * d, d)])
-        self.out = nn.Embedding(self.n_items, d)  # output item vectors
-        nn.init.normal_(self.out.weight, std=d**-0.5)
+        self.join = nn.ModuleList([Join(d, p), Join(d, p)])
+        self.drop = Dropout(p)
+        self.out = nn.Parameter(torch.empty(self.n_items, 2 * d))  # π-Net's decoder: rows lo..hi-1 = domain d's dense layer
+        self.out_bias = nn.Parameter(torch.zeros(self.n_items))
+        domain_xavier_normal_(self.out, self.domain_ranges)
 
     def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
-        at = [xy < self.n_x, (xy >= self.n_x) & (xy != self.pad_id)]
-        emb = self.drop(self.item(xy))
-        h = [self.gru[d](emb, xy, at[d]) for d in (0, 1)]  # (B, L, d) each, at merged positions
+        at = domain_masks(xy, self.n_x, self.pad_id)
+        enc = [self.encoder[d](self.item(xy), at[d]) for d in (0, 1)]  # (outputs, states) at merged positions
+        h = [enc[d][0] for d in (0, 1)]
         parts = [self.split[a](h[a], h[1 - a]) for a in (0, 1)]  # (share, keep) per domain
         reps = []
         for a in (0, 1):
-            joined = self.join[a](parts[a][1], parts[1 - a][0])
-            reps.append(torch.tanh(self.decode[a](self.drop(torch.cat([h[a], joined], -1)))))
+            joined = self.join[a](parts[a][1], parts[1 - a][0], at[1 - a])
+            reps.append(self.drop(torch.cat([enc[a][1], joined], -1)))
         return reps

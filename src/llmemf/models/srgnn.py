@@ -8,9 +8,17 @@ soft attention of every position on the last item, combined with the last item's
     alpha_i = q^T sigmoid(W1 v_last + W2 v_i + c)     s_g = sum_i alpha_i v_i
     s = W3 [s_g ; v_last]                            score(j) = s . e_j  (tied item embeddings)
 
-The paper trains on every prefix of every session; here every prefix of the merged training
-sequence that has a next item is one training example, scored by a softmax over the target's own
-domain (the objective every sequential model here shares).
+As the official code (CRIPAC-DIG/SR-GNN, ``pytorch_code/model.py``, ``utils.py``, ``main.py``): every
+prefix of a training sequence that has a next item is one example (the official preprocessing makes
+each prefix a session); in- and out-adjacency are normalised by the in- and out-degree of the node;
+every weight and bias starts U(-1/sqrt(d), 1/sqrt(d)); scores are tied to the item vectors, no bias.
+Its schedule (Adam lr 1e-3 x 0.1 every 3 epochs, L2 1e-5, batch of 100 prefixes) is in
+configs/models/srgnn.yaml through the trainer's ``train.lr_step``.
+
+Differences forced by the shared protocol (docs/baselines.md): each target is scored by a softmax over its
+own domain's items (the official softmax runs over the whole, single-domain catalogue); a batch holds
+the prefixes of ``batch_size`` users, not 100 prefixes drawn independently (the config's 13 users hold
+~100 prefixes on Food-Kitchen, 7.8 on average each).
 
 Batched graphs without a Python loop over sequences. Node slots are the L positions of the
 left-padded row: position t is an alias of the first position holding the same item, so repeated
@@ -58,12 +66,14 @@ def session_graphs(seq: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.
 
 
 class GatedGNN(nn.Module):
-    """Message passing along in- and out-edges, then a GRU update of every node (Li et al. 2016)."""
+    """Message passing along in- and out-edges, then a GRU update of every node (Li et al. 2016), as the
+    official ``GNNCell``: in = A_in (W_in h + b_in) + b_iah, out = A_out (W_out h + b_out) + b_oah."""
 
     def __init__(self, d: int, steps: int):
         super().__init__()
         self.steps = steps
         self.edge_in, self.edge_out = nn.Linear(d, d), nn.Linear(d, d)
+        self.b_iah, self.b_oah = nn.Parameter(torch.zeros(d)), nn.Parameter(torch.zeros(d))  # added after aggregation
         self.gru = nn.GRUCell(2 * d, d)
 
     def forward(self, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -72,7 +82,7 @@ class GatedGNN(nn.Module):
         a_out = adj / adj.sum(2, keepdim=True).clamp_min(1.0)  # row i: successors of i, / out-degree
         a_in = adj.transpose(1, 2) / adj.sum(1)[..., None].clamp_min(1.0)  # row j: predecessors of j, / in-degree
         for _ in range(self.steps):
-            m = torch.cat([a_in @ self.edge_in(h), a_out @ self.edge_out(h)], dim=2)  # (N, L, 2d)
+            m = torch.cat([a_in @ self.edge_in(h) + self.b_iah, a_out @ self.edge_out(h) + self.b_oah], dim=2)  # (N, L, 2d)
             h = self.gru(m.reshape(N * L, 2 * d), h.reshape(N * L, d)).view(N, L, d)
         return h
 

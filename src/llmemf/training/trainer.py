@@ -257,6 +257,9 @@ def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: boo
             if bad_epochs >= cfg.train.patience:
                 break
             torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout stream fixed per epoch: resume-exact
+            if cfg.train.lr_step:  # step decay, a function of the epoch alone: resume-exact
+                for group in opt.param_groups:
+                    group["lr"] = cfg.train.lr * cfg.train.lr_gamma ** (epoch // cfg.train.lr_step)
             model.train()
             t0 = time.perf_counter()
             losses = []
