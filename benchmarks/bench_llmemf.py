@@ -1,35 +1,55 @@
-"""Issue 4 speed benchmark, one process: LLM-EMF vs SASRec training steps on a prepared dataset.
+"""LLM-EMF training cost (issue 15, item 7): seconds per epoch, FLOP/s, CPU user/sys and memory, one run.
 
-    .venv/bin/python benchmarks/bench_llmemf.py DATASET_DIR [--steps 8] [--full-epoch]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_llmemf.py DATASET_DIR [--steps 6] [--threads 2]
+        [--official-c2dsr CHECKOUT] [--only llmemf,sasrec,official] [--negatives 4096]
 
-For each variant it times --steps training steps (after 2 warm-up steps) on length-bucketed
-batches of 256, counts the step's FLOPs with torch's FlopCounterMode, and prints median seconds per
-step, the epoch estimate (median x batches per epoch), achieved GFLOP/s and the fraction of the
-matmul peak measured in this same process (a plain torch.matmul of the same dtype and a shape like
-the softmax scoring). If the dataset has no `img` / `txt_*` features, random 512-d unit features are
-used for the speed measurement only, in a temporary copy of the dataset (stated in the output).
+Every variant runs in its own child process (so that its peak RSS and CPU times are its own) and
+times --steps training steps after 2 warm-up steps on length-bucketed batches of 256 spread over
+the epoch; the step of a middle-length batch is counted by torch's FlopCounterMode. Per variant:
+median seconds per step, the epoch estimate (median x batches per epoch), GFLOP per step, achieved
+GFLOP/s and its share of the matmul peak of the same dtype measured first in this run, user and
+sys CPU seconds of the timed steps (getrusage) with sys's share, and the child's peak RSS.
+
+Variants: LLM-EMF with every modality (full softmax and sampled, fp32 and bf16), LLM-EMF ID only
+(bf16), SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of
+cjx96/C2DSR holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where
+``Tensor.cuda`` is made a no-op at run time and the dataset is written to a temporary directory in
+its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edited.
+
+If the dataset has no ``img`` / ``txt_llm`` features, random 512-d unit features stand in for the
+speed measurement only, in a temporary copy of the dataset (stated in the output).
+
+The process re-executes itself under the allocator the ``llmemf`` command uses (llmemf.runtime;
+LLMEMF_ALLOCATOR=off for glibc), and the children inherit it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from llmemf.data.batching import DataBundle
-from llmemf.data.dataset import Dataset
-from llmemf.features.store import Feature, FeatureManifest, list_features, save_feature
-from llmemf.models.base import build_model
-from llmemf.training.trainer import peak_rss_mib
+from llmemf import runtime
+
+BATCH = 256
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, k: int = 1280, m: int = 32768, reps: int = 5) -> float:
+def matmul_peak(dtype_name: str, n: int = 4096, k: int = 1280, m: int = 16384, reps: int = 5) -> float:
+    """GFLOP/s of one large matmul of the dtype (a shape like the full-softmax scoring), median of reps."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, k, dtype=dtype), torch.randn(m, k, dtype=dtype)
     a @ b.T
     times = []
@@ -37,89 +57,242 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, k: int = 1280, m: int = 32768
         t = time.perf_counter()
         a @ b.T
         times.append(time.perf_counter() - t)
-    return 2 * n * k * m / np.median(times) / 1e9
+    return 2 * n * k * m / float(np.median(times)) / 1e9
 
 
 def ensure_features(root: Path, n_items: int) -> tuple[Path, str]:
     """The dataset itself if it has img and txt_llm; otherwise a temporary copy with random ones added
     (never written into the user's dataset)."""
+    from llmemf.features.store import Feature, FeatureManifest, list_features, save_feature
+
     have = list_features(root)
     if "img" in have and "txt_llm" in have:
         return root, "dataset features: " + ", ".join(have)
     copy = Path(tempfile.mkdtemp(prefix="bench_llmemf_")) / root.name
     shutil.copytree(root, copy)
-    root = copy
     rng = np.random.default_rng(0)
     for name in ("img", "txt_title", "txt_llm"):
         if name not in have:
             v = rng.normal(size=(n_items, 512)).astype(np.float32)
-            save_feature(root, Feature(FeatureManifest(name, "random-benchmark-only", "none", 512, n_items, "float32"), v, np.ones(n_items, bool)))
-    return root, f"RANDOM 512-d features for missing img/txt in a temporary copy {root} (speed only, not accuracy)"
+            save_feature(copy, Feature(FeatureManifest(name, "random-benchmark-only", "none", 512, n_items, "float32"), v, np.ones(n_items, bool)))
+    return copy, f"RANDOM 512-d features for missing img/txt in a temporary copy {copy} (speed only, not accuracy)"
 
 
-def time_steps(model, batches, bf16: bool) -> tuple[float, float]:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times, flops = [], []
+def time_steps(step, batches) -> dict:
+    """Run step(batch) over batches: 2 warm-up steps, FLOPs counted on step index 2 (not timed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    times, flops = [], 0.0
+    r0 = None
     for i, batch in enumerate(batches):
-        counter = FlopCounterMode(display=False) if i == 2 else None
+        if i == 2:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                step(batch)
+            flops = float(counter.get_total_flops())
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            continue
         t = time.perf_counter()
-        with counter if counter else torch.autograd.profiler.record_function("step"):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        dt = time.perf_counter() - t
-        if counter:
-            flops.append(counter.get_total_flops())
-        elif i >= 2:
-            times.append(dt)
-    return float(np.median(times)), float(flops[0])
+        step(batch)
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "step_s": float(np.median(times)),
+        "flops": flops,
+        "user_s": r1.ru_utime - r0.ru_utime,
+        "sys_s": r1.ru_stime - r0.ru_stime,
+        "rss_mib": r1.ru_maxrss / 1024,
+    }
+
+
+def pick(items: list, steps: int) -> list:
+    """steps + 3 batches spread over the epoch (the length buckets); the middle one is FLOP-counted."""
+    idx = np.linspace(0, len(items) - 1, steps + 3).astype(int)
+    chosen = [items[i] for i in idx]
+    mid = chosen.pop(len(chosen) // 2)
+    return chosen[:2] + [mid] + chosen[2:]
+
+
+def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int) -> dict:
+    import torch
+
+    from llmemf.data.batching import DataBundle
+    from llmemf.data.dataset import Dataset
+    from llmemf.models.base import build_model
+
+    bundle = DataBundle(Dataset.load(root), 15)
+    all_batches = list(bundle.train.iter_batches(BATCH, shuffle=True, seed=0, by_length=True))
+    torch.manual_seed(0)
+    model = build_model(model_name, params, bundle)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out = time_steps(step, pick(all_batches, steps))
+    out["n_batches"] = len(all_batches)
+    return out
+
+
+def write_official_files(ds, root: Path) -> None:
+    """What the official training loader and GraphMaker read: Alist/Blist (one line per item) and
+    ``user<TAB>0<TAB>item|ts<TAB>...`` per training sequence (global ids, domain X first)."""
+    root.mkdir(parents=True)
+    for name, d in (("Alist.txt", ds.manifest.domains[0]), ("Blist.txt", ds.manifest.domains[1])):
+        (root / name).write_text("".join(f"{i}\tI{i}\t{i}\n" for i in range(d.n_items)))
+    lines = (
+        f"{row.user}\t0\t" + "\t".join(f"{i}|{t}" for i, t in zip(row.items, row.timestamps, strict=True)) + "\n"
+        for row in ds.splits["train"].itertuples(index=False)
+    )
+    (root / "traindata_new.txt").write_text("".join(lines))
+
+
+def child_official(checkout: Path, dataset: Path, steps: int) -> dict:
+    """The official C2DSR trainer's train_batch, train_rec.py's defaults, on the CPU."""
+    import random
+
+    import torch
+
+    from llmemf.data.dataset import Dataset
+
+    src = (checkout / "C2DSR_src").resolve()
+    if not (src / "model" / "trainer.py").is_file():
+        raise SystemExit(f"{checkout}: no C2DSR_src/model/trainer.py; pass a checkout of cjx96/C2DSR")
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]  (a CPU-only torch)
+    sys.path.insert(0, str(src))
+    import utils.loader as official_loader  # the checkout's modules
+    from model.trainer import CDSRTrainer
+    from utils.GraphMaker import GraphMaker
+
+    ds = Dataset.load(dataset)
+    name = ds.manifest.name
+    tmp = Path(tempfile.mkdtemp(prefix="bench_official_c2dsr_"))
+    write_official_files(ds, tmp / "dataset" / name)
+    cwd = os.getcwd()
+    os.chdir(tmp)  # the official loader reads ./dataset/<name>/
+    random.seed(2040)
+    torch.manual_seed(2040)
+    opt = {
+        "data_dir": name,
+        "model": "C2DSR",
+        "hidden_units": 256,
+        "num_blocks": 2,
+        "num_heads": 1,
+        "GNN": 1,
+        "dropout": 0.2,
+        "optim": "adam",
+        "lr": 0.001,
+        "lr_decay": 1,
+        "weight_decay": 5e-4,
+        "decay_epoch": 5,
+        "max_grad_norm": 5.0,
+        "leakey": 0.1,
+        "maxlen": 15,
+        "cpu": True,
+        "cuda": False,
+        "lambda": 0.7,
+        "batch_size": 256,
+    }  # fmt: skip  (train_rec.py's defaults)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loader = official_loader.DataLoader(name, opt["batch_size"], opt, evaluation=-1)
+        opt["itemnum"] = opt["source_item_num"] + opt["target_item_num"] + 1
+        graph = GraphMaker(opt, f"./dataset/{name}/traindata_new.txt")
+    os.chdir(cwd)
+    shutil.rmtree(tmp)
+    trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
+    batches = list(loader)
+    out = time_steps(trainer.train_batch, pick(batches, steps))
+    out["n_batches"] = len(batches)
+    return out
+
+
+def variants(negatives: int) -> list[dict]:
+    out = []
+    for bf16 in (False, True):
+        out.append({"label": "sasrec d=256", "model": "sasrec", "params": {"hidden": 256}, "bf16": bf16, "group": "sasrec"})
+    out.append({"label": "llmemf id only", "model": "llmemf", "params": {"modalities": ["id"]}, "bf16": True, "group": "llmemf"})
+    for bf16 in (False, True):
+        out.append({"label": "llmemf all, full softmax", "model": "llmemf", "params": {}, "bf16": bf16, "group": "llmemf"})
+        sampled = {"train_negatives": negatives}
+        out.append({"label": f"llmemf all, sampled {negatives}", "model": "llmemf", "params": sampled, "bf16": bf16, "group": "llmemf"})
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    runtime.reexec_with_allocator()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", type=Path)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warm-up steps and 1 FLOP-counted step)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--negatives", type=int, default=4096, help="K of the sampled variants")
+    ap.add_argument("--official-c2dsr", type=Path, help="checkout of cjx96/C2DSR (the directory holding C2DSR_src/)")
+    ap.add_argument("--only", default="sasrec,llmemf,official", help="comma-separated groups to run")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.child:
+        spec = json.loads(args.child)
+        if spec["model"] == "official":
+            result = child_official(Path(spec["checkout"]), args.dataset, args.steps)
+        else:
+            result = child_ours(Path(spec["root"]), spec["model"], spec["params"], spec["bf16"], args.steps)
+        print("RESULT " + json.dumps(result))
+        return
+
+    from llmemf.data.dataset import Dataset
+
+    groups = set(args.only.split(","))
     ds = Dataset.load(args.dataset)
-    root, note = ensure_features(args.dataset, ds.n_items)
+    root, note = (args.dataset, "no modalities needed") if "llmemf" not in groups else ensure_features(args.dataset, ds.n_items)
     print(note)
-    bundle = DataBundle(Dataset.load(root), 15)
-    n_batches = int(np.ceil(len(bundle.train) / args.batch_size))
-    all_batches = list(bundle.train.iter_batches(args.batch_size, shuffle=True, seed=0, by_length=True))
-    # A representative sample: batches spread over the length buckets.
-    pick = np.linspace(0, len(all_batches) - 1, args.steps + 3).astype(int)
-    batches = [all_batches[i] for i in pick]
-    # The FLOP-counted step (index 2) runs the middle-length batch.
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"threads {torch.get_num_threads()}; matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    variants = [
-        ("sasrec d=256", "sasrec", {"hidden": 256}, False),
-        ("sasrec d=256", "sasrec", {"hidden": 256}, True),
-        ("llmemf id only", "llmemf", {"modalities": ["id"]}, False),
-        ("llmemf id only", "llmemf", {"modalities": ["id"]}, True),
-        ("llmemf all (full softmax)", "llmemf", {}, False),
-        ("llmemf all (full softmax)", "llmemf", {}, True),
-        ("llmemf all (sampled 4096)", "llmemf", {"train_negatives": 4096}, False),
-        ("llmemf all (sampled 4096)", "llmemf", {"train_negatives": 4096}, True),
-    ]
-    print(f"\n{'variant':28s} {'dtype':5s} {'s/step':>7s} {'epoch est s':>11s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'% peak':>7s} {'floor s':>8s}")
-    base = None
-    for label, name, params, bf16 in variants:
-        torch.manual_seed(0)
-        model = build_model(name, params, bundle)
-        step, flops = time_steps(model, batches, bf16)
-        dtype = "bf16" if bf16 else "fp32"
-        rate = flops / step / 1e9
-        epoch = step * n_batches
-        base = base or epoch
-        floor = flops * n_batches / (peaks[dtype] * 1e9)  # the epoch at 100% of the matmul peak
-        print(f"{label:28s} {dtype:5s} {step:7.3f} {epoch:11.1f} {flops / 1e9:10.1f} {rate:8.0f} {100 * rate / peaks[dtype]:6.0f}% {floor:8.1f}")
-    print(f"\n{n_batches} batches/epoch; epoch estimate = median step x batches; the official C2DSR needs ~450 s/epoch here (issue's figure)")
-    print("floor s = the counted step's FLOPs x batches / matmul peak: no implementation of that variant can run an epoch faster here")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
+    print(
+        f"threads {args.threads}; allocator {os.environ.get(runtime.ACTIVE, 'as started (glibc unless LD_PRELOAD)')}; "
+        f"load average {os.getloadavg()[0]:.1f} (a shared machine: read ratios within this run)"
+    )
+    print(f"matmul peak measured now: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s\n")
+    todo = [v for v in variants(args.negatives) if v["group"] in groups]
+    if args.official_c2dsr and "official" in groups:
+        todo.insert(0, {"label": "official C2DSR code", "model": "official", "checkout": str(args.official_c2dsr.resolve()), "bf16": False})
+    header = f"| {'variant':28s} | dtype | s/step | s/epoch est | GFLOP/step | GFLOP/s | % peak | user s | sys s | sys % | peak RSS MiB |"
+    print(header + "\n|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
+    results = []
+    for v in todo:
+        spec = dict(v, root=str(root))
+        cmd = [sys.executable, __file__, str(args.dataset), "--steps", str(args.steps), "--threads", str(args.threads), "--child", json.dumps(spec)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"| {v['label']:28s} | FAILED rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]} |", flush=True)
+            continue
+        r = json.loads(line[0][7:])
+        dtype = "bf16" if v["bf16"] else "fp32"
+        rate = r["flops"] / r["step_s"] / 1e9
+        peak = peaks["bfloat16" if v["bf16"] else "float32"]
+        share = r["sys_s"] / max(r["user_s"] + r["sys_s"], 1e-9)
+        epoch = r["step_s"] * r["n_batches"]
+        results.append((v["label"], dtype, epoch))
+        print(
+            f"| {v['label']:28s} | {dtype:5s} | {r['step_s']:6.2f} | {epoch:11.1f} | {r['flops'] / 1e9:10.1f} | {rate:7.0f} "
+            f"| {100 * rate / peak:5.0f}% | {r['user_s']:6.1f} | {r['sys_s']:5.1f} | {100 * share:4.0f}% | {r['rss_mib']:12.0f} |",
+            flush=True,
+        )
+    official = [e for label, _, e in results if label.startswith("official")]
+    if official:
+        print("\nofficial C2DSR s/epoch : variant s/epoch (same run; the issue's goal is >= 8 for the default LLM-EMF mode)")
+        for label, dtype, e in results:
+            if not label.startswith("official"):
+                print(f"  {label:28s} {dtype}: {official[0] / e:5.2f}x")
+    print("\ns/epoch est = median s/step x batches per epoch of", BATCH, "; % peak = achieved GFLOP/s / the same dtype's matmul peak above")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -318,5 +318,13 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `llmemf` console script: choose the memory allocator first (llmemf.runtime), then run."""
+    from llmemf import runtime
+
+    runtime.reexec_with_allocator()
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Kernel (sys) share of CPU time and step time of training steps under different malloc settings.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py DATASET_DIR [DATASET_DIR ...] [--steps 6] [--threads 1]
+
+Each (dataset, model, allocator setting) runs in a fresh child process (an allocator is chosen at
+process start), which times --steps training steps after 2 warm-up steps on length-bucketed
+batches of 256 and reports the user and sys CPU seconds of those steps (getrusage of the child).
+Settings: glibc as it is; glibc with tunables that keep freed memory in the heap
+(``llmemf.runtime.GLIBC_TUNABLES``); mimalloc from the cmeel-mimalloc wheel, default options and
+with purging off (``llmemf.runtime.MIMALLOC_ENV``, what the ``llmemf`` command uses by default).
+Models: LLM-EMF ID only (full softmax) and SASRec, bf16 autocast where the CPU has native bf16.
+Prints per setting the median seconds per step, its ratio to glibc's, sys / (user + sys), peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
+    import torch
+
+    from llmemf.data.batching import DataBundle
+    from llmemf.data.dataset import Dataset
+    from llmemf.models.base import build_model
+    from llmemf.training.trainer import cpu_has_native_bf16
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    bundle = DataBundle(Dataset.load(dataset), 15)
+    all_batches = list(bundle.train.iter_batches(256, shuffle=True, seed=0, by_length=True))
+    pick = np.linspace(0, len(all_batches) - 1, steps + 2).astype(int)
+    batches = [all_batches[i] for i in pick]
+    params = {"modalities": ["id"]} if model_name == "llmemf" else {"hidden": 256}
+    model = build_model(model_name, params, bundle)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    bf16 = cpu_has_native_bf16()
+    times = []
+    for i, batch in enumerate(batches):
+        if i == 2:
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    out = {
+        "step_s": float(np.median(times)),
+        "user_s": r1.ru_utime - r0.ru_utime,
+        "sys_s": r1.ru_stime - r0.ru_stime,
+        "rss_mib": r1.ru_maxrss / 1024,
+        "n_batches": len(all_batches),
+        "bf16": bf16,
+        "malloc": os.environ.get("LLMEMF_ALLOCATOR_ACTIVE", "glibc"),
+    }
+    print("RESULT " + json.dumps(out))
+
+
+def settings() -> list[tuple[str, dict[str, str]]]:
+    from llmemf import runtime
+
+    lib = runtime.mimalloc_path()
+    out = [("glibc default", {}), ("glibc tunables", {"GLIBC_TUNABLES": runtime.GLIBC_TUNABLES})]
+    if lib:
+        out.append(("mimalloc default", {"LD_PRELOAD": str(lib)}))
+        out.append(("mimalloc purge off", {"LD_PRELOAD": str(lib), **runtime.MIMALLOC_ENV}))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("datasets", type=Path, nargs="+")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default="llmemf,sasrec")
+    ap.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(Path(args.child[0]), args.child[1], args.steps, args.threads)
+        return
+    print(f"load average at start {os.getloadavg()[0]:.1f} (a shared machine: ratios within a block are what to read)")
+    print(f"{'dataset':14s} {'model':8s} {'setting':20s} {'s/step':>7s} {'vs glibc':>8s} {'user s':>7s} {'sys s':>7s} {'sys %':>6s} {'RSS MiB':>8s}")
+    for ds in args.datasets:
+        for model in args.models.split(","):
+            base = None
+            for label, extra in settings():
+                env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+                env.update(extra)
+                env["LLMEMF_ALLOCATOR"] = "off"  # this script sets the allocator itself
+                cmd = [sys.executable, __file__, str(ds), "--steps", str(args.steps), "--threads", str(args.threads), "--child", str(ds), model]
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    print(f"{ds.name:14s} {model:8s} {label:20s} FAILED rc={proc.returncode}: {proc.stderr.strip()[-300:]}")
+                    continue
+                r = json.loads(line[0][7:])
+                base = base or r["step_s"]
+                share = r["sys_s"] / max(r["user_s"] + r["sys_s"], 1e-9)
+                print(
+                    f"{ds.name:14s} {model:8s} {label:20s} {r['step_s']:7.3f} {r['step_s'] / base:8.2f} {r['user_s']:7.1f} {r['sys_s']:7.1f} "
+                    f"{100 * share:5.1f}% {r['rss_mib']:8.0f}",
+                    flush=True,
+                )
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
