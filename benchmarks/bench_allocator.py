@@ -6,10 +6,12 @@ Each (dataset, model, allocator setting) runs in a fresh child process (an alloc
 process start), which times --steps training steps after 2 warm-up steps on length-bucketed
 batches of 256 and reports the user and sys CPU seconds of those steps (getrusage of the child).
 Settings: glibc as it is; glibc with tunables that keep freed memory in the heap
-(``llmemf.runtime.GLIBC_TUNABLES``); mimalloc from the cmeel-mimalloc wheel, default options and
-with purging off (``llmemf.runtime.MIMALLOC_ENV``, what the ``llmemf`` command uses by default).
+(``llmemf.runtime.GLIBC_TUNABLES``), and the same set in-process by mallopt (the command's fallback);
+mimalloc from the cmeel-mimalloc wheel, default options and with purging off
+(``llmemf.runtime.MIMALLOC_ENV``, what the ``llmemf`` command uses by default).
 Models: LLM-EMF ID only (full softmax) and SASRec, bf16 autocast where the CPU has native bf16.
-Prints per setting the median seconds per step, its ratio to glibc's, sys / (user + sys), peak RSS.
+Prints per setting the median wall seconds per step, its ratio to glibc's, CPU (user + sys) seconds per
+step (steadier than wall time on a loaded machine), sys / (user + sys), peak RSS.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmemf import runtime
+
 
 def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     import torch
@@ -34,6 +38,7 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     from llmemf.models.base import build_model
     from llmemf.training.trainer import cpu_has_native_bf16
 
+    runtime.setup_allocator()  # only the "glibc mallopt" setting asks it to do something
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     bundle = DataBundle(Dataset.load(dataset), 15)
@@ -64,19 +69,21 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
         "rss_mib": r1.ru_maxrss / 1024,
         "n_batches": len(all_batches),
         "bf16": bf16,
-        "malloc": os.environ.get("LLMEMF_ALLOCATOR_ACTIVE", "glibc"),
+        "steps": steps,
     }
     print("RESULT " + json.dumps(out))
 
 
 def settings() -> list[tuple[str, dict[str, str]]]:
-    from llmemf import runtime
-
     lib = runtime.mimalloc_path()
-    out = [("glibc default", {}), ("glibc tunables", {"GLIBC_TUNABLES": runtime.GLIBC_TUNABLES})]
+    out = [
+        ("glibc default", {runtime.SWITCH: "off"}),
+        ("glibc tunables", {runtime.SWITCH: "off", "GLIBC_TUNABLES": runtime.GLIBC_TUNABLES}),
+        ("glibc mallopt", {runtime.SWITCH: "glibc"}),
+    ]
     if lib:
-        out.append(("mimalloc default", {"LD_PRELOAD": str(lib)}))
-        out.append(("mimalloc purge off", {"LD_PRELOAD": str(lib), **runtime.MIMALLOC_ENV}))
+        out.append(("mimalloc default", {runtime.SWITCH: "off", "LD_PRELOAD": str(lib)}))
+        out.append(("mimalloc purge off", {runtime.SWITCH: "off", "LD_PRELOAD": str(lib), **runtime.MIMALLOC_ENV}))
     return out
 
 
@@ -92,14 +99,14 @@ def main() -> None:
         child(Path(args.child[0]), args.child[1], args.steps, args.threads)
         return
     print(f"load average at start {os.getloadavg()[0]:.1f} (a shared machine: ratios within a block are what to read)")
-    print(f"{'dataset':14s} {'model':8s} {'setting':20s} {'s/step':>7s} {'vs glibc':>8s} {'user s':>7s} {'sys s':>7s} {'sys %':>6s} {'RSS MiB':>8s}")
+    cols = f"{'s/step':>7s} {'vs glibc':>8s} {'CPU s/step':>10s} {'user s':>7s} {'sys s':>7s} {'sys %':>6s} {'RSS MiB':>8s}"
+    print(f"{'dataset':14s} {'model':8s} {'setting':20s} {cols}")
     for ds in args.datasets:
         for model in args.models.split(","):
             base = None
             for label, extra in settings():
-                env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+                env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", runtime.ACTIVE)}
                 env.update(extra)
-                env["LLMEMF_ALLOCATOR"] = "off"  # this script sets the allocator itself
                 cmd = [sys.executable, __file__, str(ds), "--steps", str(args.steps), "--threads", str(args.threads), "--child", str(ds), model]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -109,9 +116,10 @@ def main() -> None:
                 r = json.loads(line[0][7:])
                 base = base or r["step_s"]
                 share = r["sys_s"] / max(r["user_s"] + r["sys_s"], 1e-9)
+                cpu = (r["user_s"] + r["sys_s"]) / r["steps"]
                 print(
-                    f"{ds.name:14s} {model:8s} {label:20s} {r['step_s']:7.3f} {r['step_s'] / base:8.2f} {r['user_s']:7.1f} {r['sys_s']:7.1f} "
-                    f"{100 * share:5.1f}% {r['rss_mib']:8.0f}",
+                    f"{ds.name:14s} {model:8s} {label:20s} {r['step_s']:7.3f} {r['step_s'] / base:8.2f} {cpu:10.2f} "
+                    f"{r['user_s']:7.1f} {r['sys_s']:7.1f} {100 * share:5.1f}% {r['rss_mib']:8.0f}",
                     flush=True,
                 )
     print(f"load average at end {os.getloadavg()[0]:.1f}")

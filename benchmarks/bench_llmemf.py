@@ -224,7 +224,7 @@ def variants(negatives: int) -> list[dict]:
 
 
 def main() -> None:
-    runtime.reexec_with_allocator()
+    runtime.setup_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warm-up steps and 1 FLOP-counted step)")

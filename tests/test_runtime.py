@@ -15,13 +15,18 @@ LIB = Path("/opt/lib/libmimalloc.so.3")  # any path: allocator_env only decides,
 
 
 def test_default_preloads_mimalloc_once():
-    env = runtime.allocator_env({"PATH": "/bin"}, LIB)
+    assert runtime.choose({"PATH": "/bin"}, LIB) == "mimalloc"
+    env = runtime.mimalloc_env({"PATH": "/bin"}, LIB)
     assert env["LD_PRELOAD"] == str(LIB)
     assert env[runtime.ACTIVE] == "mimalloc"
     assert env["MIMALLOC_PURGE_DELAY"] == "-1"
     assert env["PATH"] == "/bin"
     # The re-executed process sees the guard and does nothing more.
-    assert runtime.allocator_env(env, LIB) is None
+    assert runtime.choose(env, LIB) == "off"
+
+
+def test_users_mimalloc_options_win():
+    assert runtime.mimalloc_env({"MIMALLOC_PURGE_DELAY": "100"}, LIB)["MIMALLOC_PURGE_DELAY"] == "100"
 
 
 @pytest.mark.parametrize(
@@ -34,30 +39,25 @@ def test_default_preloads_mimalloc_once():
         {runtime.ACTIVE: "mimalloc"},
     ],
 )
-def test_no_reexec(environ):
-    assert runtime.allocator_env(environ, LIB) is None
+def test_nothing_to_do(environ):
+    assert runtime.choose(environ, LIB) == "off"
 
 
-def test_mimalloc_missing_runs_as_started():
-    assert runtime.allocator_env({}, None) is None
-
-
-def test_glibc_tunables_need_no_library():
-    env = runtime.allocator_env({runtime.SWITCH: "glibc"}, None)
-    assert env["GLIBC_TUNABLES"] == runtime.GLIBC_TUNABLES
-    assert "LD_PRELOAD" not in env
-    assert env[runtime.ACTIVE] == "glibc-tunables"
+def test_without_the_wheel_glibc_is_tuned():
+    assert runtime.choose({}, None) == "glibc"
+    assert runtime.choose({runtime.SWITCH: "glibc"}, LIB) == "glibc"
+    assert runtime.choose({runtime.SWITCH: "mimalloc"}, None) == "off"
 
 
 def test_unknown_value_warns_and_runs_as_started(capsys):
-    assert runtime.allocator_env({runtime.SWITCH: "tcmalloc"}, LIB) is None
+    assert runtime.choose({runtime.SWITCH: "tcmalloc"}, LIB) == "off"
     assert "tcmalloc" in capsys.readouterr().err
 
 
 PROBE = (
-    "import os, sys; from llmemf import runtime; print('start', flush=True); runtime.reexec_with_allocator(); "
+    "import os, sys; from llmemf import runtime; print('start', flush=True); print(runtime.setup_allocator(), flush=True); "
     "maps = open('/proc/self/maps').read(); "
-    "print(os.environ.get('LLMEMF_ALLOCATOR_ACTIVE'), 'libmimalloc' in maps, os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])"
+    "print(os.environ.get('LLMEMF_ALLOCATOR_ACTIVE'), 'libmimalloc' in maps, sys.argv[1:])"
 )
 
 
@@ -69,14 +69,14 @@ def _probe(**env_extra: str) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the re-execution is Linux only (LD_PRELOAD, GLIBC_TUNABLES)")
-def test_reexec_glibc_tunables_real_process():
-    lines = _probe(**{runtime.SWITCH: "glibc"})
-    # One restart: 'start' printed by the first and by the re-executed process, then the result once.
-    assert lines == ["start", "start", f"glibc-tunables False {runtime.GLIBC_TUNABLES} ['a', 'b c']"]
+@pytest.mark.skipif(sys.platform != "linux", reason="allocator set-up is Linux only (LD_PRELOAD, glibc mallopt)")
+def test_glibc_tuned_in_process_without_restart():
+    # 'start' once: no re-execution; mallopt accepted (this is a glibc system).
+    assert _probe(**{runtime.SWITCH: "glibc"}) == ["start", "glibc-mallopt", "glibc-mallopt False ['a', 'b c']"]
 
 
 @pytest.mark.skipif(runtime.mimalloc_path() is None, reason="cmeel-mimalloc is not installed (pip install cmeel-mimalloc)")
 def test_reexec_mimalloc_real_process_loads_it():
-    assert _probe() == ["start", "start", "mimalloc True None ['a', 'b c']"]
-    assert _probe(**{runtime.SWITCH: "off"}) == ["start", "None False None ['a', 'b c']"]
+    # One restart: 'start' printed by the first and by the re-executed process, which decides nothing more.
+    assert _probe() == ["start", "start", "off", "mimalloc True ['a', 'b c']"]
+    assert _probe(**{runtime.SWITCH: "off"}) == ["start", "off", "None False ['a', 'b c']"]

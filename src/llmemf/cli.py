@@ -322,7 +322,7 @@ def main() -> None:
     """The `llmemf` console script: choose the memory allocator first (llmemf.runtime), then run."""
     from llmemf import runtime
 
-    runtime.reexec_with_allocator()
+    runtime.setup_allocator()
     app()
 
 

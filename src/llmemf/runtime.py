@@ -9,16 +9,22 @@ Linux x86-64), so every pip user has it; an allocator can only be chosen before 
 so the command re-executes itself once with LD_PRELOAD set (benchmarks/bench_allocator.py measures
 it against glibc with and without tunables; docs/cost.md has the numbers).
 
+Where the wheel is missing (another platform, or installed without dependencies), glibc is tuned
+in-process instead (mallopt: no mmap for large blocks, no trimming), which needs no package and
+measured about as well in CPU time, with a larger peak RSS.
+
 Environment:
+  LLMEMF_ALLOCATOR=auto      (default) mimalloc if the wheel is installed, else glibc tuned in-process
+  LLMEMF_ALLOCATOR=mimalloc  mimalloc if installed, else run as started
+  LLMEMF_ALLOCATOR=glibc     glibc tuned in-process (mallopt), no preload, no re-execution
   LLMEMF_ALLOCATOR=off       run as started (glibc, or whatever LD_PRELOAD the user set)
-  LLMEMF_ALLOCATOR=glibc     glibc with GLIBC_TUNABLES below, no preload
-  LLMEMF_ALLOCATOR=mimalloc  (default) mimalloc if the wheel is installed, else as started
-  LLMEMF_ALLOCATOR_ACTIVE    set by the re-execution to the allocator chosen: it is never repeated
-A user's own LD_PRELOAD or GLIBC_TUNABLES is always respected (no re-execution then).
+  LLMEMF_ALLOCATOR_ACTIVE    set to the allocator chosen; present = decided already (never repeated)
+A user's own LD_PRELOAD or GLIBC_TUNABLES is always respected (nothing is changed then).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import sysconfig
@@ -27,13 +33,16 @@ from pathlib import Path
 
 SWITCH = "LLMEMF_ALLOCATOR"
 ACTIVE = "LLMEMF_ALLOCATOR_ACTIVE"
-CHOICES = ("mimalloc", "glibc", "off")
+CHOICES = ("auto", "mimalloc", "glibc", "off")
 # mimalloc: never return freed pages to the OS (purge_delay -1): a training loop reallocates the
 # same sizes every step, so returning them only to fault them in again is the cost to avoid.
 MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
 # glibc without a preload: no mmap for large blocks (they come from the heap and stay there), and
-# no trimming of the heap's top below 4 GiB of free memory.
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
+# no trimming of the heap's top below 2 GiB of free memory. The same as GLIBC_TUNABLES for a process
+# started by someone else (benchmarks/bench_allocator.py measures that form).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
+GLIBC_SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}  # mallopt takes an int: 2 GiB
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
 def mimalloc_path() -> Path | None:
@@ -46,42 +55,59 @@ def mimalloc_path() -> Path | None:
     return None
 
 
-def allocator_env(environ: Mapping[str, str], lib: Path | None) -> dict[str, str] | None:
-    """The environment to re-execute with, or None to run as started. Pure: tested without exec."""
+def choose(environ: Mapping[str, str], lib: Path | None) -> str:
+    """What to do in this process: "mimalloc" (re-execute under it), "glibc" (tune in-process) or
+    "off". Pure: tested without exec."""
     if ACTIVE in environ or sys.platform != "linux":
-        return None
-    choice = environ.get(SWITCH, "mimalloc").strip().lower() or "mimalloc"
+        return "off"
+    choice = environ.get(SWITCH, "auto").strip().lower() or "auto"
     if choice not in CHOICES:
-        # Not a UserError: this runs before the CLI exists; an unknown value falls back to "off" loudly.
+        # Not a UserError: this runs before the CLI exists; an unknown value leaves the process as it is, loudly.
         print(f"warning: {SWITCH}={environ[SWITCH]!r} is not one of {', '.join(CHOICES)}; using 'off'", file=sys.stderr)
-        return None
+        return "off"
     if choice == "off" or environ.get("LD_PRELOAD") or environ.get("GLIBC_TUNABLES"):
-        return None
+        return "off"
+    if choice in ("auto", "mimalloc") and lib is not None:
+        return "mimalloc"
+    return "glibc" if choice in ("auto", "glibc") else "off"
+
+
+def mimalloc_env(environ: Mapping[str, str], lib: Path) -> dict[str, str]:
+    """The environment to re-execute with under mimalloc (the user's own MIMALLOC_* options win)."""
     env = dict(environ)
-    if choice == "mimalloc" and lib is not None:
-        env["LD_PRELOAD"] = str(lib)
-        for key, value in MIMALLOC_ENV.items():
-            env.setdefault(key, value)
-        env[ACTIVE] = "mimalloc"
-    elif choice == "glibc":
-        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
-        env[ACTIVE] = "glibc-tunables"
-    else:  # mimalloc asked for but not installed (not Linux x86-64, or installed without dependencies)
-        return None
+    env["LD_PRELOAD"] = str(lib)
+    for key, value in MIMALLOC_ENV.items():
+        env.setdefault(key, value)
+    env[ACTIVE] = "mimalloc"
     return env
 
 
-def reexec_with_allocator(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
-    """Replace this process by itself under the chosen allocator (see the module docstring); returns
-    only when nothing is to be done or exec failed. Call it before anything allocates much."""
-    environ = os.environ if environ is None else environ
-    env = allocator_env(environ, mimalloc_path())
-    if env is None:
-        return
-    argv = list(sys.orig_argv if argv is None else argv)
+def tune_glibc_malloc() -> bool:
+    """Apply GLIBC_SETTINGS to this process's glibc malloc (mallopt); False where that is not glibc."""
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, argv, env)
-    except OSError as e:  # the command still works, only slower
-        print(f"warning: could not restart under {env[ACTIVE]} ({e}); continuing with the default allocator", file=sys.stderr)
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(key, value) == 1 for key, value in GLIBC_SETTINGS.items())
+
+
+def setup_allocator(argv: Sequence[str] | None = None) -> str:
+    """Choose the allocator for this process (see the module docstring): re-executes under mimalloc
+    (never returns then), or tunes glibc in-process. Returns what was done. Call it first thing."""
+    what = choose(os.environ, mimalloc_path())
+    if what == "mimalloc":
+        env = mimalloc_env(os.environ, mimalloc_path())
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, list(sys.orig_argv if argv is None else argv), env)
+        except OSError as e:  # the command still works, only slower
+            print(f"warning: could not restart under mimalloc ({e}); tuning glibc's malloc instead", file=sys.stderr)
+            what = "glibc"
+    if what == "glibc":
+        what = "glibc-mallopt" if tune_glibc_malloc() else "off"
+    if what != "off":
+        os.environ[ACTIVE] = what  # child processes (workers) inherit the decision
+    return what
