@@ -134,6 +134,65 @@ def test_corrected_sampled_softmax_estimates_the_full_loss(tiny_bundle):
     assert uncorrected > full + 1.0  # log(40) too much partition function on every target
 
 
+@pytest.mark.parametrize("sampler", ["uniform", "popularity", "in_batch"])
+def test_each_negative_sampler_estimates_the_full_loss(tiny_bundle, sampler):
+    """At large K (in_batch: a batch whose targets cover the small domains) each corrected estimator's loss
+    approaches the full softmax's; without the log-Q correction the drawn ones do not (in_batch: every item is
+    in, so there is nothing to correct, see the next test)."""
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title"}, tiny_bundle).eval()
+    batch = next(tiny_bundle.train.iter_batches(256))
+    with torch.no_grad():
+        full = model.loss(batch)
+        model.config.negative_sampler = sampler
+        model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)
+        corrected = model.loss(batch)
+        model.config.sampled_correction = False
+        uncorrected = model.loss(batch)
+    assert abs(corrected / full - 1) < 0.03, (sampler, float(corrected), float(full))
+    if sampler != "in_batch":
+        assert abs(uncorrected / full - 1) > 0.05, (sampler, float(uncorrected), float(full))
+
+
+def test_in_batch_correction_weighs_up_items_a_small_batch_may_miss(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "train_negatives": 1, "negative_sampler": "in_batch"}, tiny_bundle)
+    lo, hi = model.domain_ranges[0]
+    t = torch.tensor([lo, lo, lo + 1])
+    neg, bias = model._negatives(t, lo, hi)
+    assert neg.tolist() == [lo, lo + 1]
+    q = (model.train_count[lo:hi] + 1) / (model.train_count[lo:hi] + 1).sum()
+    torch.testing.assert_close(bias, -torch.log(1 - (1 - q[:2]) ** 3))
+    assert (bias > 0).all()
+
+
+@pytest.mark.parametrize("sampler", ["popularity", "in_batch"])
+def test_non_uniform_samplers_train(tiny_bundle, sampler):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "train_negatives": 20, "negative_sampler": sampler}, tiny_bundle)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = next(tiny_bundle.train.iter_batches(64))
+    losses = []
+    for _ in range(15):
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_popularity_sampler_prefers_frequent_items(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "train_negatives": 20000, "negative_sampler": "popularity"}, tiny_bundle)
+    lo, hi = model.domain_ranges[0]
+    neg, bias = model._negatives(torch.tensor([lo]), lo, hi)
+    drawn = torch.bincount(neg - lo, minlength=hi - lo).float()
+    expected = (model.train_count[lo:hi] + 1) / (model.train_count[lo:hi] + 1).sum() * len(neg)
+    torch.testing.assert_close(drawn, expected, atol=4 * expected.sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(bias, -torch.log(expected[neg - lo]))
+
+
 def test_stacked_encoder_slices_are_independent_and_causal():
     torch.manual_seed(0)
     enc = StackedSequenceEncoder(3, 8, max_len=6, n_blocks=2, n_heads=2, dropout=0.0).eval()

@@ -40,6 +40,7 @@ from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder, sample
 MODALITIES = ("id", "img", "txt")
 SEQUENCES = ("x", "y", "xy")
 COLD_ID_MODES = ("learned", "neutral", "content")
+NEGATIVE_SAMPLERS = ("uniform", "popularity", "in_batch")
 
 
 class SeparateEncoders(nn.ModuleList):
@@ -67,8 +68,11 @@ class LLMEMFConfig:
     gamma_s: float = 0.3  # weight of the source-domain sequence at prediction time
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
-    train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax against K uniform negatives
-    sampled_correction: bool = True  # weigh each sampled negative by n_domain / K (see _sampled_cross_entropy)
+    train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax (negative_sampler), shared by the batch
+    negative_sampler: str = "uniform"  # with train_negatives > 0: "uniform" (K draws over the domain) | "popularity"
+    #   (K draws with probability proportional to 1 + the item's count in training sequences) | "in_batch" (the
+    #   batch's distinct targets of the domain; K unused). None is measured better than the full softmax yet.
+    sampled_correction: bool = True  # weigh each negative by 1 / (its expected count): log-Q correction (see _negatives)
     stacked_encoders: bool = True  # X, Y, XY encoders of a modality as one batched-matmul stack. All reported numbers
     # use it. False = three SequenceEncoders: 1.2x faster on CPU in isolation (benchmarks/bench_stacked_encoder.py) but
     # lower demo MRR (their position embeddings start at N(0, 1), the stack's at N(0, 0.02)); not yet reconciled.
@@ -85,7 +89,12 @@ class LLMEMFConfig:
             positive=("d_id", "n_blocks", "n_heads", "tau"),
             nonneg=("alpha", "beta", "lambda_x", "lambda_y", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
             fraction=("dropout",),
-            choices={"fusion": ("logits", "probabilities"), "feature_dtype": ("float32", "bfloat16"), "cold_id": ("learned", "neutral", "content")},
+            choices={
+                "fusion": ("logits", "probabilities"),
+                "feature_dtype": ("float32", "bfloat16"),
+                "cold_id": COLD_ID_MODES,
+                "negative_sampler": NEGATIVE_SAMPLERS,
+            },
             divides=("d_id", "n_heads"),
         )
         if "id" not in self.modalities or not set(self.modalities) <= set(MODALITIES):
@@ -145,11 +154,11 @@ class LLMEMF(Recommender):
         self.widths = widths
         self.set_cold_id(config.cold_id)
         self._imputed: tuple[tuple, torch.Tensor] | None = None  # cache of the content-imputed ID table
-        warm = torch.zeros(n + 1, dtype=torch.bool)
         train_ids = [np.asarray(seq, dtype=np.int64) for seq in bundle.dataset.splits["train"]["items"]]
-        if train_ids:
-            warm[torch.from_numpy(np.concatenate(train_ids))] = True
-        self.register_buffer("warm", warm, persistent=False)  # (N+1,) item occurs in a training sequence
+        counts = np.bincount(np.concatenate(train_ids), minlength=n + 1)[: n + 1] if train_ids else np.zeros(n + 1, np.int64)
+        self.register_buffer("warm", torch.from_numpy(counts > 0), persistent=False)  # (N+1,) item occurs in a training sequence
+        # (N+1,) how often each item occurs in training sequences: the popularity negative sampler's weights
+        self.register_buffer("train_count", torch.from_numpy(counts).float(), persistent=False)
 
         # Per modality, one encoder for each of the sequences X, Y, XY (or one stack of three).
         def encoders(d: int) -> nn.Module:
@@ -194,7 +203,7 @@ class LLMEMF(Recommender):
         key = (weight._version, weight.data_ptr(), self.config.cold_ridge)
         if self._imputed is not None and self._imputed[0] == key:
             return self._imputed[1]
-        feats = torch.cat([self.frozen_keys.float(), torch.ones(len(weight), 1)], dim=1)  # (N+1, D_f + 1)
+        feats = torch.cat([self.frozen_keys.float(), weight.new_ones(len(weight), 1, dtype=torch.float32)], dim=1)  # (N+1, D_f + 1)
         warm = self.warm.clone()
         warm[self.pad_id] = False
         cold = ~self.warm
@@ -202,7 +211,7 @@ class LLMEMF(Recommender):
         table = weight.detach().clone()
         with torch.autocast(weight.device.type, enabled=False):  # a bf16 Gram matrix would spoil the solve
             x, y = feats[warm], weight[warm].float()
-            gram = x.T @ x + self.config.cold_ridge * torch.eye(x.shape[1])
+            gram = x.T @ x + self.config.cold_ridge * torch.eye(x.shape[1], device=x.device)
             coef = torch.linalg.solve(gram, x.T @ y)  # (D_f + 1, d_id)
             table[cold] = (feats[cold] @ coef).to(table.dtype)
         self._imputed = (key, table)
@@ -277,9 +286,9 @@ class LLMEMF(Recommender):
         parts = []
         for m, lm in logits.items():
             w = self.weights[m]
-            parts.append(torch.log_softmax(lm / w, dim=-1) + torch.log(torch.tensor(w)))
+            parts.append(torch.log_softmax(lm / w, dim=-1) + math.log(w))
         total = sum(self.weights[m] for m in logits)
-        return torch.logsumexp(torch.stack(parts), dim=0) - torch.log(torch.tensor(total))
+        return torch.logsumexp(torch.stack(parts), dim=0) - math.log(total)
 
     # ---- training ------------------------------------------------------------------------------
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -288,8 +297,8 @@ class LLMEMF(Recommender):
         targets = torch.stack(
             [F.pad(t, (width - t.shape[1], 0), value=self.pad_id) for t in (batch.x_target, batch.y_target, batch.xy_target)]
         )  # (3, B, L)
-        seq_weight = torch.tensor([self.config.lambda_x, self.config.lambda_y, 1.0])
-        total = torch.zeros(())
+        seq_weight = torch.tensor([self.config.lambda_x, self.config.lambda_y, 1.0], device=targets.device)
+        total = torch.zeros((), device=targets.device)
         count = int((targets[2] != self.pad_id).sum())  # L_XY's targets: the loss is a mean over them
         q_all = self._fused_queries(states)
         for lo, hi in self.domain_ranges:
@@ -307,20 +316,43 @@ class LLMEMF(Recommender):
             total = total + (ce * w).sum()
         return total / max(count, 1)
 
+    def _negatives(self, t: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negatives shared by the rows of one domain, and each one's log-Q correction bias.
+
+        The sampled partition function sum_j exp(s_j + bias_j) estimates the full one (over the
+        domain's items other than the target) without bias when bias_j = -log E[count of j]:
+          uniform     K draws with replacement, E[count] = K / N          -> bias log(N / K)
+          popularity  K draws with q_j = (1 + n_j) / sum (1 + n), E = K q_j -> bias -log(K q_j)
+          in_batch    the distinct targets of the batch (n draws from the data's own item
+                      distribution, estimated by q_j above); j is in with probability
+                      1 - (1 - q_j)^n (Horvitz-Thompson)             -> bias -log(1 - (1 - q_j)^n)
+        Returns (ids (K,), bias (K,)); bias is 0 without ``sampled_correction``."""
+        sampler, k, device = self.config.negative_sampler, self.config.train_negatives, t.device
+        if sampler == "uniform":
+            neg = torch.randint(lo, hi, (k,), device=device)
+            bias = torch.full((k,), math.log((hi - lo) / k), device=device)
+        else:
+            weight = self.train_count[lo:hi] + 1.0
+            q = weight / weight.sum()  # (N_d,)
+            if sampler == "popularity":
+                local = torch.multinomial(q, k, replacement=True)
+                bias = -torch.log(k * q[local])
+            else:  # in_batch
+                local = torch.unique(t - lo)
+                bias = -torch.log(-torch.expm1(len(t) * torch.log1p(-q[local].clamp(max=1 - 1e-7))))
+            neg = local + lo
+        return neg, bias if self.config.sampled_correction else torch.zeros_like(bias)
+
     def _sampled_cross_entropy(self, q: dict[str, torch.Tensor], t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Softmax over [target, K negatives drawn uniformly from the domain, shared by the batch].
-        The target is always in; the negatives stand for the other n_domain - 1 items, so each is
-        weighed n_domain / K (``sampled_correction``): the sampled partition function is then an
-        unbiased estimate of the full one instead of K / n_domain of it. A negative that equals the
-        row's target is masked out. Probability fusion needs full softmaxes, so it is not allowed here."""
+        """Softmax over [target, negatives of ``_negatives``, shared by the rows]: the target is always
+        in, a negative equal to the row's target is masked out, and each negative's logit carries its
+        log-Q correction. Probability fusion needs full softmaxes, so it is not allowed here."""
         if self.config.fusion != "logits":
             raise ValueError("train_negatives > 0 needs fusion='logits'")
-        k = self.config.train_negatives
-        neg = torch.randint(lo, hi, (k,), device=t.device)  # (K,)
+        neg, bias = self._negatives(t, lo, hi)
         pos = sum((qm * self.unit_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
         # Logit fusion is a sum of dot products: one dot product of the concatenated queries and keys.
         keys = torch.cat([self.unit_keys(m, neg) for m in q], dim=-1)  # (K, sum d_m)
-        bias = torch.full((k,), math.log((hi - lo) / k) if self.config.sampled_correction else 0.0, device=t.device)
         return sampled_softmax_nll(torch.cat(list(q.values()), dim=-1), pos, keys, bias, neg, t)
 
     # ---- prediction ----------------------------------------------------------------------------
