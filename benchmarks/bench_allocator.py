@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="llmemf,sasrec")
+    ap.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
     ap.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -105,6 +106,8 @@ def main() -> None:
         for model in args.models.split(","):
             base = None
             for label, extra in settings():
+                if args.settings and label not in args.settings.split(","):
+                    continue
                 env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", runtime.ACTIVE)}
                 env.update(extra)
                 cmd = [sys.executable, __file__, str(ds), "--steps", str(args.steps), "--threads", str(args.threads), "--child", str(ds), model]

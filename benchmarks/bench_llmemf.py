@@ -205,9 +205,9 @@ def child_official(checkout: Path, dataset: Path, steps: int) -> dict:
     os.chdir(cwd)
     shutil.rmtree(tmp)
     trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
-    batches = list(loader)
-    out = time_steps(trainer.train_batch, pick(batches, steps))
-    out["n_batches"] = len(batches)
+    # Only the batches timed are built (the loader prepares each batch when it is indexed).
+    out = time_steps(trainer.train_batch, [loader[int(i)] for i in pick(list(range(len(loader))), steps)])
+    out["n_batches"] = len(loader)
     return out
 
 

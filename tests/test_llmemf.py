@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from llmemf.data.batching import DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import build_model
-from llmemf.models.layers import StackedSequenceEncoder
+from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder
 
 
 def _eval_batch(bundle, n=8):
@@ -207,6 +207,39 @@ def test_stacked_encoder_slices_are_independent_and_causal():
     torch.testing.assert_close(out[0, :, :-1], out2[0, :, :-1])  # earlier positions do not see it
     assert not torch.allclose(out[1], out2[1])
     assert torch.isfinite(out).all()
+
+
+def _copy_into_stack(stack: StackedSequenceEncoder, encoders: list[SequenceEncoder]) -> None:
+    """Stack slice i <- encoders[i]'s weights (StackedLinear keeps (d_in, d_out), nn.Linear (d_out, d_in))."""
+    with torch.no_grad():
+        for i, enc in enumerate(encoders):
+            stack.pos[i].copy_(enc.pos.weight)
+            stack.ln_f.weight[i, 0, 0].copy_(enc.ln_f.weight)
+            stack.ln_f.bias[i, 0, 0].copy_(enc.ln_f.bias)
+            for sb, b in zip(stack.blocks, enc.blocks, strict=True):
+                for sln, ln in ((sb.ln1, b.ln1), (sb.ln2, b.ln2)):
+                    sln.weight[i, 0, 0].copy_(ln.weight)
+                    sln.bias[i, 0, 0].copy_(ln.bias)
+                for slin, lin in ((sb.qkv, b.attn.qkv), (sb.proj, b.attn.proj), (sb.ff1, b.ffn.net[0]), (sb.ff2, b.ffn.net[3])):
+                    slin.weight[i].copy_(lin.weight.T)
+                    slin.bias[i, 0].copy_(lin.bias)
+
+
+def test_stack_equals_three_sequence_encoders_with_their_weights():
+    """The one encoder path LLM-EMF keeps computes what three SequenceEncoders compute, given the same weights."""
+    torch.manual_seed(0)
+    d, L = 8, 6
+    encoders = [SequenceEncoder(d, L, n_blocks=2, n_heads=2, dropout=0.0).eval() for _ in range(3)]
+    stack = StackedSequenceEncoder(3, d, L, n_blocks=2, n_heads=2, dropout=0.0).eval()
+    _copy_into_stack(stack, encoders)
+    x = torch.randn(3, 5, L, d)
+    valid = torch.ones(3, 5, L, dtype=torch.bool)
+    valid[:, 1, :3] = False  # left padding
+    valid[2, 2, :5] = False
+    with torch.no_grad():
+        want = torch.stack([enc(x[i], valid[i]) for i, enc in enumerate(encoders)])
+        got = stack(x, valid)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_neutral_cold_id_ignores_untrained_id_vectors(tiny_bundle):

@@ -35,19 +35,12 @@ from llmemf.config import ConfigError, check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import Recommender
-from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder, sampled_softmax_nll
+from llmemf.models.layers import StackedSequenceEncoder, sampled_softmax_nll
 
 MODALITIES = ("id", "img", "txt")
 SEQUENCES = ("x", "y", "xy")
 COLD_ID_MODES = ("learned", "neutral", "content")
 NEGATIVE_SAMPLERS = ("uniform", "popularity", "in_batch")
-
-
-class SeparateEncoders(nn.ModuleList):
-    """One SequenceEncoder per stacked sequence: (S, B, L, d) -> (S, B, L, d)."""
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return torch.stack([enc(x[i], valid[i]) for i, enc in enumerate(self)])
 
 
 @dataclass
@@ -73,9 +66,6 @@ class LLMEMFConfig:
     #   (K draws with probability proportional to 1 + the item's count in training sequences) | "in_batch" (the
     #   batch's distinct targets of the domain; K unused). None is measured better than the full softmax yet.
     sampled_correction: bool = True  # weigh each negative by 1 / (its expected count): log-Q correction (see _negatives)
-    stacked_encoders: bool = True  # X, Y, XY encoders of a modality as one batched-matmul stack. All reported numbers
-    # use it. False = three SequenceEncoders: 1.2x faster on CPU in isolation (benchmarks/bench_stacked_encoder.py) but
-    # lower demo MRR (their position embeddings start at N(0, 1), the stack's at N(0, 0.02)); not yet reconciled.
     cold_id: str = "learned"  # items never in training: "learned" (their untrained ID vector, the paper) |
     #   "neutral" (ID score = the user's mean ID score over warm items, so image/text rank them) |
     #   "content" (at evaluation, their ID vector is predicted from their image/text features by a ridge
@@ -160,14 +150,11 @@ class LLMEMF(Recommender):
         # (N+1,) how often each item occurs in training sequences: the popularity negative sampler's weights
         self.register_buffer("train_count", torch.from_numpy(counts).float(), persistent=False)
 
-        # Per modality, one encoder for each of the sequences X, Y, XY (or one stack of three).
-        def encoders(d: int) -> nn.Module:
-            args = (d, bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
-            if config.stacked_encoders:
-                return StackedSequenceEncoder(3, *args)
-            return SeparateEncoders([SequenceEncoder(*args) for _ in SEQUENCES])
-
-        self.encoders = nn.ModuleDict({m: encoders(widths[m]) for m in self.modalities})
+        # Per modality, the encoders of the sequences X, Y, XY as one stack of three: the same function as
+        # three SequenceEncoders (tests/test_llmemf.py copies weights across and compares), in batched matmuls.
+        # Its initialisation (positions N(0, 0.02), zero biases) is the one every reported LLM-EMF number used.
+        stack = (bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
+        self.encoders = nn.ModuleDict({m: StackedSequenceEncoder(len(SEQUENCES), widths[m], *stack) for m in self.modalities})
 
     def set_cold_id(self, mode: str) -> None:
         """Choose how items never seen in training are scored (see LLMEMFConfig.cold_id); also usable on a
