@@ -6,9 +6,9 @@ Each (dataset, model, allocator setting) runs in a fresh child process (an alloc
 process start), which times --steps training steps after 2 warm-up steps on length-bucketed
 batches of 256 and reports the user and sys CPU seconds of those steps (getrusage of the child).
 Settings: glibc as it is; glibc with tunables that keep freed memory in the heap
-(``llmemf.runtime.GLIBC_TUNABLES``), and the same set in-process by mallopt (the command's fallback);
-mimalloc from the cmeel-mimalloc wheel, default options and with purging off
-(``llmemf.runtime.MIMALLOC_ENV``, what the ``llmemf`` command uses by default).
+(``llmemf.runtime.GLIBC_TUNABLES``), and the same set in-process by mallopt (the ``llmemf`` command's
+default); mimalloc from the cmeel-mimalloc wheel, default options and with purging off
+(``llmemf.runtime.MIMALLOC_ENV``, what LLMEMF_ALLOCATOR=mimalloc uses).
 Models: LLM-EMF ID only (full softmax) and SASRec, bf16 autocast where the CPU has native bf16.
 Prints per setting the median wall seconds per step, its ratio to glibc's, CPU (user + sys) seconds per
 step (steadier than wall time on a loaded machine), sys / (user + sys), peak RSS.

@@ -113,7 +113,7 @@ def child(n_items: int, args) -> dict:
 
 
 def main() -> None:
-    runtime.setup_allocator()
+    allocator = runtime.setup_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="items per domain, comma-separated")
     ap.add_argument("--users", type=int, default=2048)
@@ -129,7 +129,7 @@ def main() -> None:
         return
     print(
         f"users {args.users}, d_id {args.d_id}, K {args.negatives}, threads {args.threads}, "
-        f"allocator {os.environ.get(runtime.ACTIVE, 'as started')}; "
+        f"allocator {allocator}; "
         f"load average {os.getloadavg()[0]:.1f} (a shared machine: read the ratios)\n"
     )
     print("| items/domain | sampled s/step | vs smallest | full s/step | optimizer s/step (sampled) | eval full (valid) s | vs smallest |")

@@ -19,8 +19,8 @@ its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edi
 If the dataset has no ``img`` / ``txt_llm`` features, random 512-d unit features stand in for the
 speed measurement only, in a temporary copy of the dataset (stated in the output).
 
-The process re-executes itself under the allocator the ``llmemf`` command uses (llmemf.runtime;
-LLMEMF_ALLOCATOR=off for glibc), and the children inherit it.
+The process sets up the allocator as the ``llmemf`` command does (llmemf.runtime, default: tuned glibc;
+LLMEMF_ALLOCATOR=off for plain glibc); so does each child.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def variants(negatives: int) -> list[dict]:
 
 
 def main() -> None:
-    runtime.setup_allocator()
+    allocator = runtime.setup_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warm-up steps and 1 FLOP-counted step)")
@@ -255,10 +255,7 @@ def main() -> None:
     root, note = (args.dataset, "no modalities needed") if "llmemf" not in groups else ensure_features(args.dataset, ds.n_items)
     print(note)
     peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
-    print(
-        f"threads {args.threads}; allocator {os.environ.get(runtime.ACTIVE, 'as started (glibc unless LD_PRELOAD)')}; "
-        f"load average {os.getloadavg()[0]:.1f} (a shared machine: read ratios within this run)"
-    )
+    print(f"threads {args.threads}; allocator {allocator}; load average {os.getloadavg()[0]:.1f} (a shared machine: read ratios within this run)")
     print(f"matmul peak measured now: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s\n")
     todo = [v for v in variants(args.negatives) if v["group"] in groups]
     if args.official_c2dsr and "official" in groups:

@@ -3,22 +3,17 @@
 Why: a training step allocates and frees tensors of hundreds of MB (the (rows x items) logits of a
 full softmax). glibc's malloc serves anything above its mmap threshold (at most 32 MB) with a fresh
 mmap and returns it with munmap, so every step pays system calls and the page faults of touching
-fresh pages: up to 40% of the process's CPU time in the kernel (issue 15). mimalloc with purging
-off keeps freed pages mapped and reuses them. It ships as a wheel (cmeel-mimalloc, a dependency on
-Linux x86-64), so every pip user has it; an allocator can only be chosen before the process starts,
-so the command re-executes itself once with LD_PRELOAD set (benchmarks/bench_allocator.py measures
-it against glibc with and without tunables; docs/cost.md has the numbers).
-
-Where the wheel is missing (another platform, or installed without dependencies), glibc is tuned
-in-process instead (mallopt: no mmap for large blocks, no trimming), which needs no package and
-measured about as well in CPU time, with a larger peak RSS.
+fresh pages: 40-50% of the process's CPU time in the kernel (issue 15). Two cures measured the same
+in benchmarks/bench_allocator.py (docs/cost.md): glibc told to keep large blocks in its heap
+(mallopt: no mmap, no trimming; no package, no restart, the default) and mimalloc with purging
+off (the cmeel-mimalloc wheel, ``pip install llmemf[mimalloc]``; an allocator can only be chosen
+before the process starts, so the command then re-executes itself once with LD_PRELOAD set).
 
 Environment:
-  LLMEMF_ALLOCATOR=auto      (default) mimalloc if the wheel is installed, else glibc tuned in-process
-  LLMEMF_ALLOCATOR=mimalloc  mimalloc if installed, else run as started
-  LLMEMF_ALLOCATOR=glibc     glibc tuned in-process (mallopt), no preload, no re-execution
-  LLMEMF_ALLOCATOR=off       run as started (glibc, or whatever LD_PRELOAD the user set)
-  LLMEMF_ALLOCATOR_ACTIVE    set to the allocator chosen; present = decided already (never repeated)
+  LLMEMF_ALLOCATOR=glibc     (default) glibc tuned in-process by mallopt
+  LLMEMF_ALLOCATOR=mimalloc  re-execute under mimalloc if the wheel is installed, else as glibc
+  LLMEMF_ALLOCATOR=off       run as started (plain glibc, or whatever LD_PRELOAD the user set)
+  LLMEMF_ALLOCATOR_ACTIVE    set by the re-execution under mimalloc: present = decided already
 A user's own LD_PRELOAD or GLIBC_TUNABLES is always respected (nothing is changed then).
 """
 
@@ -33,11 +28,11 @@ from pathlib import Path
 
 SWITCH = "LLMEMF_ALLOCATOR"
 ACTIVE = "LLMEMF_ALLOCATOR_ACTIVE"
-CHOICES = ("auto", "mimalloc", "glibc", "off")
+CHOICES = ("glibc", "mimalloc", "off")
 # mimalloc: never return freed pages to the OS (purge_delay -1): a training loop reallocates the
 # same sizes every step, so returning them only to fault them in again is the cost to avoid.
 MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
-# glibc without a preload: no mmap for large blocks (they come from the heap and stay there), and
+# glibc (the default): no mmap for large blocks (they come from the heap and stay there), and
 # no trimming of the heap's top below 2 GiB of free memory. The same as GLIBC_TUNABLES for a process
 # started by someone else (benchmarks/bench_allocator.py measures that form).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
@@ -60,16 +55,14 @@ def choose(environ: Mapping[str, str], lib: Path | None) -> str:
     "off". Pure: tested without exec."""
     if ACTIVE in environ or sys.platform != "linux":
         return "off"
-    choice = environ.get(SWITCH, "auto").strip().lower() or "auto"
+    choice = environ.get(SWITCH, "glibc").strip().lower() or "glibc"
     if choice not in CHOICES:
         # Not a UserError: this runs before the CLI exists; an unknown value leaves the process as it is, loudly.
         print(f"warning: {SWITCH}={environ[SWITCH]!r} is not one of {', '.join(CHOICES)}; using 'off'", file=sys.stderr)
         return "off"
     if choice == "off" or environ.get("LD_PRELOAD") or environ.get("GLIBC_TUNABLES"):
         return "off"
-    if choice in ("auto", "mimalloc") and lib is not None:
-        return "mimalloc"
-    return "glibc" if choice in ("auto", "glibc") else "off"
+    return "mimalloc" if choice == "mimalloc" and lib is not None else "glibc"
 
 
 def mimalloc_env(environ: Mapping[str, str], lib: Path) -> dict[str, str]:
@@ -107,7 +100,6 @@ def setup_allocator(argv: Sequence[str] | None = None) -> str:
             print(f"warning: could not restart under mimalloc ({e}); tuning glibc's malloc instead", file=sys.stderr)
             what = "glibc"
     if what == "glibc":
+        # Not recorded in ACTIVE: a mallopt setting is not inherited, so a child process decides for itself.
         what = "glibc-mallopt" if tune_glibc_malloc() else "off"
-    if what != "off":
-        os.environ[ACTIVE] = what  # child processes (workers) inherit the decision
     return what
