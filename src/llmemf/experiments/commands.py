@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from llmemf.data.dataset import atomic_write_bytes
+from llmemf.io import atomic_write_bytes
 from llmemf.reporting.tables import PAPER_COLUMNS, cost_rows, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
 
 

@@ -15,7 +15,6 @@ differs from the one in its manifest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmemf.data.dataset import atomic_write_bytes
 from llmemf.features.encoders import (
     ClipEncoder,
     ClipSpec,
@@ -40,6 +38,7 @@ from llmemf.features.encoders import (
 )
 from llmemf.features.images import resolve_images
 from llmemf.features.store import Feature, FeatureManifest, feature_dir, read_feature_manifest, save_feature
+from llmemf.io import atomic_torch_save, atomic_write_bytes
 
 FEATURES = ("img", "txt_title", "txt_llm")
 
@@ -345,9 +344,7 @@ def _embed_images_lit(root, cfg, encs, paths, shas, n_no_image, texts, title_emb
         )
         model, stats = train_lit(x[pairs], values[pairs], cfg.lit, log)
         enc_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)  # a plain state_dict: loads with weights_only=True
-        atomic_write_bytes(ckpt, buf.getvalue())
+        atomic_torch_save(model.state_dict(), ckpt)  # a plain state_dict: loads with weights_only=True
         atomic_write_bytes(stats_file, json.dumps(stats, indent=2).encode())
         log(
             f"  img: offline encoder trained in {stats['train_seconds']}s; held-out image->title retrieval "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmemf.data.dataset import atomic_write_bytes
+from llmemf.io import atomic_write_bytes
 
 
 @dataclass
