@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         dataset: Path = typer.Option(..., "--dataset", "-d"),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
+        fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
         overrides: list[str] = typer.Argument(
             None, help="key=value overrides for every model (train.epochs=20); NAME.key=value for model NAME only (llmemf.model.beta=1.0)"
         ),
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
             hint = "prefix a field with a model name to give it to that model only, e.g. llmemf.model.beta=1.0"
             typer.secho(f"error: {e.args[0]}\n({hint})", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        results = run_compare(configs, log=typer.echo)
+        results = run_compare(configs, log=typer.echo, fresh=fresh)
         typer.echo("\n" + _write_tables(out, "table", results))
         header, rows = cost_rows({name: (out / name, res) for name, res in results.items()})
         cost = to_markdown(header, rows, "(cost of each run over all its resumes; wall = fit + training + per-epoch validation + final evaluation)")

@@ -1,13 +1,20 @@
 """The run directory: one experiment's files, who may write them, and whether a resume is the same experiment.
 
     config.yaml      the resolved config
+    run.json         the dataset it trains on: path and the manifest's content_hash
     last.pt          model + optimiser + loop state after the last completed epoch (for resume)
+    last.prev.pt     the epoch before's last.pt (a hard link, no copy): resume falls back to it
     best.pt          model state_dict of the best validation epoch
+    *.pt.sha256      size and sha256 of each checkpoint, written after it: a damaged checkpoint is detected
     metrics.jsonl    one JSON line per epoch (loss, validation metrics, seconds)
     results.json     final validation and test metrics under every protocol, timings, memory
     .train.lock      held (flock) by the one process training here
 
 Every write is atomic (llmemf.io). In a distributed run only rank 0 opens a RunDir.
+
+Identity: a run directory belongs to one experiment (its config, up to how it executes) on one
+dataset (its content hash). Resuming, reusing finished results (compare) and loading the model for
+evaluation or serving all refuse a dataset whose content hash differs from the recorded one.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +32,46 @@ import torch
 
 from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.errors import UserError
-from llmemf.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from llmemf.models.base import check_model_params
 
 
 def load_checkpoint(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class DatasetMismatch(UserError):
+    """The dataset's content hash differs from the one a run directory recorded."""
+
+
+class CheckpointDamaged(UserError):
+    """A checkpoint does not match its recorded size and sha256, or does not load."""
+
+
+def dataset_hash_of(dataset: str | Path) -> str:
+    """The content_hash in ``dataset``/manifest.json ("" when it cannot be read: Dataset.load reports that)."""
+    try:
+        return str(json.loads((Path(dataset) / "manifest.json").read_text()).get("content_hash", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def recorded_dataset_hash(run_dir: Path) -> str:
+    """The content hash ``run_dir/run.json`` recorded ("" for run directories older than run.json)."""
+    try:
+        return str(json.loads((Path(run_dir) / "run.json").read_text()).get("dataset_content_hash", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def check_dataset(run_dir: Path, dataset: str | Path, current: str, way_out: str) -> None:
+    """DatasetMismatch unless ``current`` is the hash ``run_dir`` recorded (or either is unknown)."""
+    stored = recorded_dataset_hash(run_dir)
+    if stored and current and stored != current:
+        raise DatasetMismatch(
+            f"{run_dir} was trained on dataset content hash {stored}, but {dataset} has content hash {current} "
+            f"(the data changed, or it is another dataset): {way_out}"
+        )
 
 
 def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
@@ -49,16 +92,22 @@ def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
     return normalised(a) == normalised(b)
 
 
-def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = False) -> bool:
+def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = False, dataset_hash: str | None = None) -> bool:
     """Whether ``run_dir/config.yaml`` exists and is ``same_experiment`` as ``cfg``; a stored config
-    naming a field the model no longer has is a different experiment."""
+    naming a field the model no longer has is a different experiment. The same experiment on data
+    whose content hash (``dataset_hash``, else read from cfg.dataset's manifest) differs from the
+    recorded one raises DatasetMismatch: its results are not this data's."""
     stored = Path(run_dir) / "config.yaml"
     if not stored.exists():
         return False
     try:
-        return same_experiment(load_config(stored), cfg, longer=longer)
+        same = same_experiment(load_config(stored), cfg, longer=longer)
     except ValueError:
         return False
+    if same:
+        current = dataset_hash if dataset_hash is not None else dataset_hash_of(cfg.dataset)
+        check_dataset(Path(run_dir), cfg.dataset, current, "retrain it with --fresh, or pass the dataset it was trained on")
+    return same
 
 
 class RunDirConflict(UserError, RuntimeError):
@@ -116,10 +165,13 @@ class MetricsLog:
 class RunDir:
     """One run directory. ``open`` checks and records the experiment; the loop saves through it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, log=print):
         self.path = Path(path)
+        self.log = log
         self.config = self.path / "config.yaml"
+        self.identity = self.path / "run.json"
         self.last = self.path / "last.pt"
+        self.prev = self.path / "last.prev.pt"
         self.best = self.path / "best.pt"
         self.results = self.path / "results.json"
         self._metrics: MetricsLog | None = None
@@ -128,37 +180,132 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return run_dir_lock(self.path)
 
-    def open(self, cfg: RunConfig, resume: bool) -> dict | None:
-        """Check that a checkpoint here belongs to ``cfg``'s experiment, record ``cfg``, and return the
-        loop state to resume from (None: start at epoch 0)."""
-        # Resuming under another config would continue that experiment's weights as if they were this one's.
-        if resume and self.last.exists() and self.config.exists() and not matches_stored_experiment(self.path, cfg, longer=True):
-            raise RunDirConflict(
-                f"{self.path} holds a checkpoint of a different experiment ({self.config} differs from this config): "
-                "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
-            )
-        atomic_write_bytes(self.config, config_to_yaml(cfg).encode())
+    # ---- identity ----------------------------------------------------------------------------
+    def open(self, cfg: RunConfig, resume: bool, dataset_hash: str = "") -> dict | None:
+        """Check that a checkpoint here belongs to ``cfg``'s experiment on this dataset, record both, and
+        return the loop state to resume from (None: start at epoch 0). Every check runs before training."""
         if resume and self.last.exists():
-            return load_checkpoint(self.last)
-        return None
+            # Resuming under another config would continue that experiment's weights as if they were this one's.
+            if self.config.exists() and not matches_stored_experiment(self.path, cfg, longer=True, dataset_hash=""):
+                raise RunDirConflict(
+                    f"{self.path} holds a checkpoint of a different experiment ({self.config} differs from this config): "
+                    "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
+                )
+            check_dataset(self.path, cfg.dataset, dataset_hash, "start over with --fresh, or pass the dataset it was trained on")
+        state = self._resume_state() if resume and self.last.exists() else None
+        if state is None:  # a fresh start: an earlier experiment's fallback must never be resumed
+            for stale in (self.prev, _sum(self.prev)):
+                stale.unlink(missing_ok=True)
+        else:
+            state = self._check_best(state)
+        atomic_write_bytes(self.config, config_to_yaml(cfg).encode())
+        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
+        return state
 
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_last(self, state: dict) -> None:
+        """last.pt and its checksum; the previous pair stays as last.prev.pt. In every order a kill can
+        interrupt these steps, one of the two pairs matches its checksum."""
+        if self.last.exists() and _sum(self.last).exists():
+            atomic_link(self.last, self.prev)
+            atomic_link(_sum(self.last), _sum(self.prev))
+        _save_checked(state, self.last, epoch=int(state["epoch"]))
+
+    def save_best(self, model_state: dict, epoch: int) -> None:
+        _save_checked(model_state, self.best, epoch=epoch)
+
+    def has_best(self) -> bool:
+        return self.best.exists()
+
+    def load_best(self) -> dict:
+        problem, state = _load_checked(self.best)
+        if problem:
+            raise CheckpointDamaged(f"{self.best} is damaged ({problem}): retrain with --fresh")
+        return state
+
+    def _resume_state(self) -> dict:
+        problem, state = _load_checked(self.last)
+        if not problem:
+            return state
+        fallback_problem, fallback = _load_checked(self.prev) if self.prev.exists() else ("absent", None)
+        if fallback_problem:
+            raise CheckpointDamaged(
+                f"{self.last} is damaged ({problem}) and {self.prev.name} is {fallback_problem}: "
+                f"start over with --fresh, or delete {self.last} and {_sum(self.last).name} to train from epoch 0"
+            )
+        # Keep the damaged file for inspection, out of the way of the next save's last -> last.prev link.
+        self.last.replace(self.path / "last.pt.damaged")
+        _sum(self.last).unlink(missing_ok=True)
+        self.log(f"{self.last} is damaged ({problem}; kept as last.pt.damaged): resuming from {self.prev.name}, epoch {fallback['epoch']}")
+        return fallback
+
+    def _check_best(self, state: dict) -> dict:
+        """best.pt must hold the best epoch's weights before more epochs train: a damaged one is rebuilt
+        from last.pt when the best epoch is the last one, else refused; a deleted one forgets the best."""
+        if state["best_epoch"] <= 0:
+            return state
+        if not self.best.exists():
+            self.log(f"{self.best} is missing: the best epoch is chosen again among the epochs still to train")
+            return {**state, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+        problem, _ = _load_checked(self.best)
+        if not problem:
+            return state
+        if state["best_epoch"] == state["epoch"]:
+            self.log(f"{self.best} is damaged ({problem}): rebuilt from {self.last.name}, whose epoch {state['epoch']} is the best")
+            self.save_best(state["model"], state["epoch"])
+            return state
+        raise CheckpointDamaged(
+            f"{self.best} is damaged ({problem}) and the best epoch ({state['best_epoch']}) is not the last one, so its weights "
+            f"cannot be rebuilt: start over with --fresh, or delete {self.best} to resume and choose the best among the epochs still to train"
+        )
+
+    # ---- logs and results --------------------------------------------------------------------
     @property
     def metrics(self) -> MetricsLog:
         if self._metrics is None:
             self._metrics = MetricsLog(self.path)
         return self._metrics
 
-    def save_last(self, state: dict) -> None:
-        atomic_torch_save(state, self.last)
-
-    def save_best(self, model_state: dict, epoch: int) -> None:
-        atomic_torch_save(model_state, self.best)
-
-    def has_best(self) -> bool:
-        return self.best.exists()
-
-    def load_best(self) -> dict:
-        return load_checkpoint(self.best)
-
     def write_results(self, results: dict) -> None:
         atomic_write_json(self.results, results)
+
+
+def _sum(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _save_checked(obj: Any, path: Path, epoch: int) -> None:
+    data = atomic_torch_save(obj, path)
+    digest = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "epoch": epoch}
+    atomic_write_json(_sum(path), digest)
+
+
+def verify_checkpoint(path: Path) -> str:
+    """ "" when ``path`` matches its recorded size and sha256 (or has no record: written before records
+    were kept, and then only loading tells); else what is wrong, in a few words."""
+    path = Path(path)
+    if not path.exists():
+        return "absent"
+    try:
+        record = json.loads(_sum(path).read_text())
+    except FileNotFoundError:
+        return ""
+    except ValueError:
+        return f"its checksum file {_sum(path).name} is unreadable"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        return f"{size} bytes where {record.get('size')} were written"
+    if sha256_file(path) != record.get("sha256"):
+        return "sha256 differs from the one recorded when it was written"
+    return ""
+
+
+def _load_checked(path: Path) -> tuple[str, Any]:
+    """(problem, state): problem "" and the loaded state, or what is wrong and None."""
+    problem = verify_checkpoint(path)
+    if problem:
+        return problem, None
+    try:
+        return "", load_checkpoint(path)
+    except Exception as e:  # a torn or foreign file: torch raises a variety of errors
+        return f"does not load: {type(e).__name__}: {' '.join(str(e).split())[:120]}", None

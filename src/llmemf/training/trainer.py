@@ -31,17 +31,23 @@ from llmemf.io import atomic_torch_save
 from llmemf.models.base import Recommender, build_model
 from llmemf.training.loop import FitResult, fit, make_optimizer
 from llmemf.training.rundir import (
+    CheckpointDamaged,
+    DatasetMismatch,
     MetricsLog,
     RunDir,
     RunDirBusy,
     RunDirConflict,
+    check_dataset,
     load_checkpoint,
     matches_stored_experiment,
     run_dir_lock,
     same_experiment,
+    verify_checkpoint,
 )
 
 __all__ = [
+    "CheckpointDamaged",
+    "DatasetMismatch",
     "FitResult",
     "MetricsLog",
     "RunDir",
@@ -132,15 +138,21 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     """Train ``cfg`` in its run directory ``cfg.out``, resuming from last.pt unless ``resume=False``.
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is joined on first use."""
     world, device = setup(cfg.device)
-    run = RunDir(cfg.out)
+    log = world.prefix(log)
+    run = RunDir(cfg.out, log=log)
     with run.lock() if world.is_main else contextlib.nullcontext():
-        return _train(cfg, run, bundle, resume, world.prefix(log), world, device)
+        return _train(cfg, run, bundle, resume, log, world, device)
 
 
 def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool, log, world: World, device: str) -> TrainResult:
+    if bundle is None:
+        bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
+    data_hash = bundle.dataset.manifest.content_hash
     # Rank 0 checks and records the experiment; a refusal reaches every rank, so all stop with the same message.
     try:
-        opened = ("ok", run.open(cfg, resume) if world.is_main else None)
+        if world.distributed and len(hashes := set(world.all_gather(data_hash))) > 1:
+            raise DatasetMismatch(f"the ranks load different data from {cfg.dataset} (hashes {sorted(hashes)}): give every node the same copy")
+        opened = ("ok", run.open(cfg, resume, data_hash) if world.is_main else None)
     except Exception as e:
         if not world.distributed:
             raise
@@ -152,8 +164,6 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
-    if bundle is None:
-        bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     model = build_model(cfg.model_name, cfg.model_params, bundle).to(device)
     t_fit = time.perf_counter()
     model.fit(bundle)
@@ -194,6 +204,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
             {
                 "model": cfg.model_name,
                 "dataset": str(cfg.dataset),
+                "dataset_content_hash": data_hash,
                 "best_epoch": fitted.best_epoch,
                 "epochs_run": len(epoch_seconds),
                 "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else 0.0,
@@ -222,6 +233,9 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, bundle: Data
     cfg = load_config(cfg_path, [f"dataset={dataset}"] if dataset else None)
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
+    check_dataset(run_dir, cfg.dataset, bundle.dataset.manifest.content_hash, "evaluate it on the dataset it was trained on, or retrain on this one")
+    if problem := verify_checkpoint(ckpt):
+        raise CheckpointDamaged(f"{ckpt} is damaged ({problem}): retrain the run, or load another checkpoint")
     model = build_model(cfg.model_name, cfg.model_params, bundle)
     state = load_checkpoint(ckpt)
     model.load_state_dict(state["model"] if "optimizer" in state else state)
