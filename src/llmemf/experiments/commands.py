@@ -40,9 +40,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train and evaluate several models under one protocol; print the paper's tables 2-3 layout."""
+        from llmemf.distributed import env_world, teardown
         from llmemf.experiments.runner import compare as run_compare
         from llmemf.experiments.runner import compare_configs
 
+        world = env_world()  # under torchrun: all ranks train each model in turn, rank 0 writes and prints
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()
         try:
@@ -51,7 +53,10 @@ def register(app: typer.Typer) -> None:
             hint = "prefix a field with a model name to give it to that model only, e.g. llmemf.model.beta=1.0"
             typer.secho(f"error: {e.args[0]}\n({hint})", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        results = run_compare(configs, log=typer.echo, fresh=fresh)
+        results = run_compare(configs, log=typer.echo if world.is_main else (lambda _: None), fresh=fresh)
+        teardown()
+        if not world.is_main:
+            return
         typer.echo("\n" + _write_tables(out, "table", results))
         header, rows = cost_rows({name: (out / name, res) for name, res in results.items()})
         cost = to_markdown(header, rows, "(cost of each run over all its resumes; wall = fit + training + per-epoch validation + final evaluation)")

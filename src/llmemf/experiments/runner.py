@@ -14,6 +14,8 @@ from pathlib import Path
 from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
+from llmemf.distributed import setup
+from llmemf.errors import UserError
 from llmemf.models.base import check_model_params
 from llmemf.reporting.tables import load_results
 from llmemf.training.trainer import matches_stored_experiment, train
@@ -48,13 +50,26 @@ def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None],
     """Train unless the run directory already holds results for this exact config on this data
     (DatasetMismatch when the config matches but the data changed); ``fresh``: retrain from epoch 0."""
     out = Path(cfg.out)
-    if not fresh and (out / "results.json").exists() and matches_stored_experiment(out, cfg, dataset_hash=bundle.dataset.manifest.content_hash):
+    world, _ = setup(cfg.device)  # under torchrun: rank 0 reads the run directory, every rank trains
+    reuse: bool | Exception = False
+    if world.is_main:
+        try:
+            data_hash = bundle.dataset.manifest.content_hash
+            reuse = not fresh and (out / "results.json").exists() and matches_stored_experiment(out, cfg, dataset_hash=data_hash)
+        except UserError as e:
+            if not world.distributed:
+                raise
+            reuse = e
+    reuse = world.broadcast(reuse)
+    if isinstance(reuse, Exception):
+        raise reuse
+    if reuse:
         log(f"  reusing {out}")
-        return load_results(out)
-    t0 = time.perf_counter()
-    train(cfg, bundle, resume=not fresh, log=lambda s: log("  " + s))
-    log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
-    return load_results(out)
+    else:
+        t0 = time.perf_counter()
+        train(cfg, bundle, resume=not fresh, log=lambda s: log("  " + s))
+        log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
+    return world.broadcast(load_results(out) if world.is_main else None)
 
 
 def route_overrides(models: list[str], overrides: list[str]) -> dict[str, list[str]]:

@@ -97,7 +97,7 @@ def fit(
         # Unused parameters (a modality a config switches off) would stall DDP's reducer without find_unused_parameters.
         # Buffers (frozen feature matrices) are equal on every rank and never change: no per-step broadcast.
         step = torch.nn.parallel.DistributedDataParallel(
-            step, device_ids=[torch.device(device).index] if on_cuda else None, find_unused_parameters=True, broadcast_buffers=False
+            step, device_ids=[torch.device(device).index] if on_cuda else None, find_unused_parameters=True, forward_sync_buffers=False
         )
     device_type = torch.device(device).type
     data = bundle.train
