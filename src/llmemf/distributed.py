@@ -63,6 +63,14 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def sum(self, value: float) -> float:
         if not self.distributed:
             return value

@@ -134,8 +134,13 @@ def register(app: typer.Typer) -> None:
             progress=progress,
         )
         cfg.lit.epochs = lit_epochs
+        from llmemf.distributed import setup, teardown
+
+        world, _ = setup("cpu")  # under torchrun: each rank encodes its share of the items, rank 0 writes the files
         try:
-            res = run_embed(dataset, cfg, log=typer.echo)
+            res = run_embed(dataset, cfg, log=typer.echo if world.is_main else (lambda _: None), world=world)
         except (DatasetError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
-        typer.echo(res.summary())
+        teardown()
+        if world.is_main:
+            typer.echo(res.summary())

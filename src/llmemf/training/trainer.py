@@ -139,17 +139,18 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is joined on first use."""
     world, device = setup(cfg.device)
     log = world.prefix(log)
-    run = RunDir(cfg.out, log=log)
-    with run.lock() if world.is_main else contextlib.nullcontext():
-        return _train(cfg, run, bundle, resume, log, world, device)
+    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until training ends
+        return _train(cfg, RunDir(cfg.out, log=log), bundle, resume, log, world, device, held)
 
 
-def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool, log, world: World, device: str) -> TrainResult:
+def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool, log, world: World, device: str, held) -> TrainResult:
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     data_hash = bundle.dataset.manifest.content_hash
-    # Rank 0 checks and records the experiment; a refusal reaches every rank, so all stop with the same message.
+    # Rank 0 locks, checks and records the experiment; a refusal reaches every rank, so all stop with the same message.
     try:
+        if world.is_main:
+            held.enter_context(run.lock())
         if world.distributed and len(hashes := set(world.all_gather(data_hash))) > 1:
             raise DatasetMismatch(f"the ranks load different data from {cfg.dataset} (hashes {sorted(hashes)}): give every node the same copy")
         opened = ("ok", run.open(cfg, resume, data_hash) if world.is_main else None)
