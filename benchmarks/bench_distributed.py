@@ -4,7 +4,7 @@
     PYTHONPATH=src .venv/bin/python benchmarks/bench_distributed.py DATASET --gpus 8       # on a machine with 8 GPUs
 
 CPU (default): 1 process x 2 threads against 2 processes x 1 thread (``--threads`` changes the 2), the same
-global batch, so the same steps. GPU (``--gpus N``): 1 GPU against N GPUs (nccl). Each configuration is
+global batch, so the same steps; and, for context, 1 process x 1 thread. GPU (``--gpus N``): 1 GPU against N GPUs (nccl). Each configuration is
 an ordinary `llmemf train` run (``--nproc`` for the distributed one) in its own run directory, started
 fresh; a step is one global batch, and its time is the training part of each epoch (metrics.jsonl
 ``train_seconds``, without validation). Prints a table: median seconds per epoch, steps/s and
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 
 def run(label: str, nproc: int, threads: int, device: str, args, n_train: int) -> dict:
-    out = args.out / label
+    out = args.out / label.replace(" ", "_")
     common = [
         f"--model={args.model}",
         f"--dataset={args.dataset}",
@@ -75,6 +75,9 @@ def main() -> None:
     else:
         n = args.threads
         rows = [run(f"1 process x {n} threads", 1, n, "cpu", args, n_train), run(f"{n} processes x 1 thread", n, 1, "cpu", args, n_train)]
+        # Context, not the comparison asked for: threads that other jobs' processes keep descheduled make every
+        # parallel region wait for the slowest, which a single-threaded process never does.
+        rows.append(run("1 process x 1 thread", 1, 1, "cpu", args, n_train))
     base = rows[0]["steps_s"]
     print(f"{args.model} on {args.dataset} ({n_train} training sequences, global batch {args.batch_size}, {args.epochs} epochs)\n")
     print("| configuration | s/epoch (train) | steps/s | samples/s | vs one process | wall s (incl. start, eval) | epoch losses |")

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
         fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
+        nproc: int = typer.Option(0, "--nproc", help="train each model on N processes of this machine (runs torchrun; docs/distributed.md)"),
         overrides: list[str] = typer.Argument(
             None, help="key=value overrides for every model (train.epochs=20); NAME.key=value for model NAME only (llmemf.model.beta=1.0)"
         ),
@@ -44,6 +45,11 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare as run_compare
         from llmemf.experiments.runner import compare_configs
 
+        if nproc:
+            from llmemf.training.launch import torchrun_train
+
+            args = [f"--dataset={dataset}", f"--models={models}", *([f"--out={out}"] if out else []), *(["--fresh"] if fresh else [])]
+            raise typer.Exit(torchrun_train(nproc, [*args, *(overrides or [])], module=("llmemf.cli", "compare")))
         world = env_world()  # under torchrun: all ranks train each model in turn, rank 0 writes and prints
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()

@@ -210,6 +210,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
                 "epochs_run": len(epoch_seconds),
                 "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else 0.0,
                 "train_bf16": use_bf16,
+                "processes": world.size,  # torchrun ranks of the last invocation (1: one process)
                 # Time spent on this run over all its resumes (fit and final evaluation: the last invocation's).
                 "seconds": seconds,
                 "wall_seconds": sum(seconds.values()),
