@@ -13,7 +13,7 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.experiments.runner import run_or_reuse
 from llmemf.io import sha256_file
-from llmemf.training.trainer import CheckpointDamaged, DatasetMismatch, load_run, matches_stored_experiment, train
+from llmemf.training.trainer import CheckpointDamaged, DatasetMismatch, RunDir, load_run, matches_stored_experiment, train
 
 quiet = lambda *_: None  # noqa: E731
 
@@ -139,3 +139,14 @@ def test_a_damaged_best_checkpoint_of_the_last_epoch_is_rebuilt(tiny_dataset, ti
     res = train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=lines.append)
     assert any("rebuilt from last.pt" in s for s in lines) and res.best_epoch >= 1
     load_run(run, bundle=tiny_bundle)  # intact again
+
+
+def test_a_fresh_start_leaves_nothing_of_the_old_experiment_to_resume_or_reuse(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    other = _cfg(tiny_dataset.root, run, "train.epochs=2", "train.lr=0.01")
+    run_dir = RunDir(run, log=quiet)
+    assert run_dir.open(other, resume=False, dataset_hash=tiny_dataset.manifest.content_hash) is None
+    # as if killed before its first epoch ended: the new config must not pick up the old checkpoint or results
+    assert not any((run / n).exists() for n in ("last.pt", "last.prev.pt", "best.pt", "results.json"))
+    assert matches_stored_experiment(run, other)  # config.yaml is the new experiment's, with no results to reuse yet

@@ -193,11 +193,14 @@ class RunDir:
                 )
             check_dataset(self.path, cfg.dataset, dataset_hash, "start over with --fresh, or pass the dataset it was trained on")
         state = self._resume_state() if resume and self.last.exists() else None
-        if state is None:  # a fresh start: an earlier experiment's fallback must never be resumed
-            for stale in (self.prev, _sum(self.prev)):
+        if state is None:  # a fresh start: nothing of an earlier experiment may be resumed, reused or loaded later
+            for stale in (self.last, self.prev, self.best):
                 stale.unlink(missing_ok=True)
+                _sum(stale).unlink(missing_ok=True)
         else:
             state = self._check_best(state)
+        # results.json describes a finished training; until this one finishes, nothing may reuse the old one.
+        self.results.unlink(missing_ok=True)
         atomic_write_bytes(self.config, config_to_yaml(cfg).encode())
         atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
         return state
