@@ -8,7 +8,7 @@ global batch, so the same steps; and, for context, 1 process x 1 thread. GPU (``
 an ordinary `llmemf train` run (``--nproc`` for the distributed one) in its own run directory, started
 fresh; a step is one global batch, and its time is the training part of each epoch (metrics.jsonl
 ``train_seconds``, without validation). Prints a table: median seconds per epoch, steps/s and
-samples/s (median over epochs), and the speed-up against the one-process run measured in the same
+samples/s (median over epochs), and the speed-up against the first row (1 process x N threads) measured in the same
 invocation. Run it on an otherwise idle machine: other processes competing for the cores move both
 rows (say so next to any number taken on a shared machine).
 """
@@ -80,7 +80,7 @@ def main() -> None:
         rows.append(run("1 process x 1 thread", 1, 1, "cpu", args, n_train))
     base = rows[0]["steps_s"]
     print(f"{args.model} on {args.dataset} ({n_train} training sequences, global batch {args.batch_size}, {args.epochs} epochs)\n")
-    print("| configuration | s/epoch (train) | steps/s | samples/s | vs one process | wall s (incl. start, eval) | epoch losses |")
+    print("| configuration | s/epoch (train) | steps/s | samples/s | vs first row | wall s (incl. start, eval) | epoch losses |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         losses = " ".join(f"{v:.4f}" for v in r["losses"])

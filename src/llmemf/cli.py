@@ -193,7 +193,7 @@ def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory or a .pt file inside one"),
     split: str = typer.Option("test", help="valid | test"),
     protocol: list[str] = typer.Option(["c2dsr", "full"], help="c2dsr and/or full"),
-    dataset: Path | None = typer.Option(None, help="evaluate on another dataset directory with the same items"),
+    dataset: Path | None = typer.Option(None, help="the dataset at another path (its content hash must be the run's)"),
 ) -> None:
     """Evaluate a trained model and print the per-domain tables."""
     from llmemf.distributed import setup, teardown
