@@ -150,3 +150,12 @@ def test_a_fresh_start_leaves_nothing_of_the_old_experiment_to_resume_or_reuse(t
     # as if killed before its first epoch ended: the new config must not pick up the old checkpoint or results
     assert not any((run / n).exists() for n in ("last.pt", "last.prev.pt", "best.pt", "results.json"))
     assert matches_stored_experiment(run, other)  # config.yaml is the new experiment's, with no results to reuse yet
+
+
+def test_a_metrics_line_torn_by_a_kill_does_not_block_the_resume(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "loss": 4.1')  # killed while appending epoch 2's line, before its last.pt
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    assert [json.loads(s)["epoch"] for s in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

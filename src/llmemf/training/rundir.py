@@ -155,10 +155,18 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, record["epoch"])
 
     def truncate_after(self, epoch: int) -> None:
-        """On resume, drop log lines of epochs the checkpoint does not include."""
+        """On resume, drop log lines of epochs the checkpoint does not include, and a line torn by a kill
+        in the middle of its append."""
+
+        def kept(line: str) -> bool:
+            try:
+                return json.loads(line)["epoch"] <= epoch
+            except (ValueError, KeyError, TypeError):
+                return False
+
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+        keep = [line for line in self.path.read_text(errors="replace").splitlines() if line and kept(line)]
         atomic_write_bytes(self.path, ("\n".join(keep) + ("\n" if keep else "")).encode())
 
 
