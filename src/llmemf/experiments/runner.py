@@ -14,6 +14,8 @@ from pathlib import Path
 from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
+from llmemf.distributed import setup
+from llmemf.errors import UserError
 from llmemf.models.base import check_model_params
 from llmemf.reporting.tables import load_results
 from llmemf.training.trainer import matches_stored_experiment, train
@@ -44,16 +46,30 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
     return load_config(model_config_file(model), [f"model.name={model}", f"dataset={dataset}", f"out={out}", *(overrides or [])])
 
 
-def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
-    """Train unless the run directory already holds results for this exact config."""
+def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None], fresh: bool = False) -> dict:
+    """Train unless the run directory already holds results for this exact config on this data
+    (DatasetMismatch when the config matches but the data changed); ``fresh``: retrain from epoch 0."""
     out = Path(cfg.out)
-    if (out / "results.json").exists() and matches_stored_experiment(out, cfg):
+    world, _ = setup(cfg.device)  # under torchrun: rank 0 reads the run directory, every rank trains
+    reuse: bool | Exception = False
+    if world.is_main:
+        try:
+            data_hash = bundle.dataset.manifest.content_hash
+            reuse = not fresh and (out / "results.json").exists() and matches_stored_experiment(out, cfg, dataset_hash=data_hash)
+        except UserError as e:
+            if not world.distributed:
+                raise
+            reuse = e
+    reuse = world.broadcast(reuse)
+    if isinstance(reuse, Exception):
+        raise reuse
+    if reuse:
         log(f"  reusing {out}")
-        return load_results(out)
-    t0 = time.perf_counter()
-    train(cfg, bundle, log=lambda s: log("  " + s))
-    log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
-    return load_results(out)
+    else:
+        t0 = time.perf_counter()
+        train(cfg, bundle, resume=not fresh, log=lambda s: log("  " + s))
+        log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
+    return world.broadcast(load_results(out) if world.is_main else None)
 
 
 def route_overrides(models: list[str], overrides: list[str]) -> dict[str, list[str]]:
@@ -80,7 +96,7 @@ def compare_configs(dataset: Path, models: list[str], out: Path, overrides: list
     return configs
 
 
-def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print) -> dict[str, dict]:
+def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print, fresh: bool = False) -> dict[str, dict]:
     data = Dataset.load(next(iter(configs.values())).dataset)
     bundles: dict[int, DataBundle] = {}  # one per max_len (a per-model override may change it)
     results = {}
@@ -88,7 +104,7 @@ def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print) -
         log(f"[{name}]")
         if cfg.max_len not in bundles:
             bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
-        results[name] = run_or_reuse(cfg, bundles[cfg.max_len], log)
+        results[name] = run_or_reuse(cfg, bundles[cfg.max_len], log, fresh)
     return results
 
 
