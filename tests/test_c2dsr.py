@@ -257,6 +257,19 @@ def test_scores_do_not_depend_on_the_batch_width(model):
             torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
 
 
+def test_a_history_without_the_domain_is_scored_from_the_last_position(model):
+    """Official X_last / Y_last = -1 when the history has no item of the domain (loader.py:159-171)."""
+    model.eval()
+    xy = torch.tensor([[model.pad_id, 0, 1]])  # X items only
+    batch = Batch(user=torch.zeros(1, dtype=torch.long), xy=xy, x=xy, y=xy)
+    with torch.no_grad():
+        scores = model.scores(batch, 1)
+        padded = model._left_pad(xy)
+        merged = model.enc_xy(model._view_inputs(0, padded), padded != model.pad_id)[:, -1]
+        y_view = model._domain_view(padded, torch.zeros_like(padded, dtype=torch.bool), 1)[:, -1]
+    torch.testing.assert_close(scores, model.lin_y(merged + y_view))
+
+
 def test_fixed_corruptions_are_the_same_every_step(tiny_bundle):
     torch.manual_seed(0)
     fixed = build_model("c2dsr", {"hidden": 8}, tiny_bundle)

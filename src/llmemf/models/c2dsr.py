@@ -241,7 +241,8 @@ class C2DSR(Recommender):
         gnn = (self.gnn_xy, self.gnn_x, self.gnn_y)[view]
         uniq, inv = torch.unique(ids, return_inverse=True)  # sorted: padding (the largest id) last if present
         real = uniq[uniq != table.padding_idx]
-        rows = table.weight[real] + gnn(table.weight, self.adj[view], real.cpu().numpy())  # (U, d)
+        # (U, d); nothing but padding (a view of a domain absent from the batch): no rows
+        rows = table.weight[real] + gnn(table.weight, self.adj[view], real.cpu().numpy()) if len(real) else table.weight[:0]
         rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])  # padding: the encoder zeroes it anyway
         return rows[inv] * self.config.hidden**0.5
 
