@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from llmemf.data.batching import DataBundle
+    from llmemf.data.batching import DataBundle, domain_masks
     from llmemf.data.dataset import Dataset
     from llmemf.models.base import build_model
 
@@ -224,7 +224,7 @@ def main() -> None:
         ev = bundle.splits["valid"].batch(np.arange(len(vb)))
         r = torch.arange(len(vb))
         xy = ours._left_pad(ev.xy)
-        is_x, is_y = xy < n_x, (xy >= n_x) & (xy != ours.pad_id)
+        is_x, is_y = domain_masks(xy, n_x, ours.pad_id)
         report("forward: merged encoder, every position", ours.enc_xy(ours._view_inputs(0, xy), xy != ours.pad_id), h)
         report("forward: X encoder, every position", ours._domain_view(xy, is_x, 0), hx)
         report("forward: Y encoder, every position", ours._domain_view(xy, is_y, 1), hy)

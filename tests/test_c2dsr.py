@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llmemf.config import load_config
-from llmemf.data.batching import Batch, DataBundle
+from llmemf.data.batching import Batch, DataBundle, domain_masks
 from llmemf.models.base import build_model
 from llmemf.models.c2dsr import C2DSR
 from llmemf.models.graph import domain_transition_graphs, receptive_field, transition_graph
@@ -182,7 +182,7 @@ def test_corruptions_randomise_the_other_domain_and_feed_the_right_discriminator
 
     real, corru_x, corru_y = seen["merged"].split(1)
     xy = real[0]
-    is_x, is_y = xy < n_x, (xy >= n_x) & (xy != pad)
+    is_x, is_y = domain_masks(xy, n_x, pad)
     # corru_x keeps X and randomises Y (loader.py:254, 263); corru_y keeps Y and randomises X (loader.py:258, 266).
     assert torch.equal(corru_x[0][is_x], xy[is_x]) and (corru_x[0][is_y] == 66).all()
     assert torch.equal(corru_y[0][is_y], xy[is_y]) and (corru_y[0][is_x] == 7).all()

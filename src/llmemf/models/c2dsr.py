@@ -305,7 +305,7 @@ class C2DSR(Recommender):
         last_y = is_y & (is_y.flip(1).cumsum(1).flip(1) == 1)
         # loader.py:271-312: a domain's positions with a next item of that domain; the last one has it only when
         # the final item is of that domain, else it leaves the view. The Y test is `ground[-1] > source_item_num`.
-        at_x = is_x & (~last_x | (final < self.n_x))
+        at_x = is_x & (~last_x | domain_masks(final, self.n_x, pad)[0])
         at_y = is_y & (~last_y | (final > self.n_x))
         kept = at_x.any(1) & at_y.any(1)  # loader.py:289-313: other rows are not trained on ("pass sequence x/y")
         n_rows = kept.sum().clamp(min=1)
@@ -325,8 +325,8 @@ class C2DSR(Recommender):
         s = slice(L - u, L)
         hs, hx, hy, t = h_xy[:, s], h_x[:, s], h_y[:, s], tgt[:, s]
         keep = kept[:, None]
-        share_x = (t < self.n_x) & keep  # shared heads: the immediate next item, in its own domain's head
-        share_y = (t >= self.n_x) & (t != pad) & keep
+        share_x, share_y = domain_masks(t, self.n_x, pad)  # shared heads: the immediate next item, in its own domain's head
+        share_x, share_y = share_x & keep, share_y & keep
         spec_x, spec_y = at_x[:, s] & keep, at_y[:, s] & keep  # specific heads: the next item of the view's domain
         nll = self._nll(
             0,
