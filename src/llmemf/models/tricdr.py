@@ -25,7 +25,7 @@ from torch import nn
 from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle
 from llmemf.models.base import Recommender
-from llmemf.models.c2dsr import align, split_domain
+from llmemf.models.cross_domain import align, split_domain
 from llmemf.models.layers import SequenceEncoder, domain_cross_entropy, item_embedding, score_candidates
 
 

@@ -34,7 +34,8 @@ def make_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.opti
     so a checkpoint written by either resumes in the other."""
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=fused or None)
+    betas = getattr(model, "adam_betas", (0.9, 0.999))  # a Recommender declares its reference code's betas
+    return torch.optim.Adam(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay, fused=fused or None)
 
 
 @dataclass
