@@ -153,7 +153,7 @@ def train(
 ) -> None:
     """Train one model; resumes from RUN_DIR/last.pt if present. Prints the per-domain test tables."""
     from llmemf.config import RunConfig, load_config
-    from llmemf.training.trainer import train as run_training
+    from llmemf.experiments.runner import train_stages
 
     ov = list(overrides or [])
     if model:
@@ -166,7 +166,7 @@ def train(
     if out is None and not any(o.startswith("out=") for o in ov) and cfg.out == RunConfig.out:
         cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"  # unless the YAML names a run directory
     typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}")
-    result = run_training(cfg, resume=not fresh, log=typer.echo)
+    result = train_stages(cfg, resume=not fresh, log=typer.echo)  # a model's pre-training stage first (Tri-CDR)
     trained = f"best epoch {result.best_epoch}" if result.best_epoch > 0 else "closed-form model (no training epochs)"
     typer.echo(f"\n{trained}; run directory {result.run_dir}\n")
     typer.echo(result.table(cfg.model_name))

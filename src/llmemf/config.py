@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # L2 coefficient (Adam's weight_decay)
+    lr_decay: float = 1.0  # the learning rate of epoch e (from 0) is lr * lr_decay**e (torch ExponentialLR stepped per epoch)
+    adam_beta2: float = 0.999  # Adam's second-moment decay (SASRec.pytorch, C2DSR and Tri-CDR use 0.98)
     batch_size: int = 256
     epochs: int = 100
     patience: int = 10  # epochs without a better validation MRR before stopping

@@ -147,7 +147,7 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Adam:
     so a checkpoint written by either resumes in the other."""
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused or None)
+    return torch.optim.Adam(params, lr=cfg.train.lr, betas=(0.9, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, fused=fused or None)
 
 
 def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
@@ -257,6 +257,8 @@ def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: boo
             if bad_epochs >= cfg.train.patience:
                 break
             torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout stream fixed per epoch: resume-exact
+            for group in opt.param_groups:  # exponential decay, a function of the epoch alone: resume-exact
+                group["lr"] = cfg.train.lr * cfg.train.lr_decay**epoch
             model.train()
             t0 = time.perf_counter()
             losses = []
