@@ -254,9 +254,9 @@ class TriCDR(Recommender):
         mix_real, src_real = mix != self.pad_id, src != self.pad_id
         return {
             "rows": rows,
-            "mix": mix,
-            "source": src,
-            "target": tgt,  # the user's domain-d items (also what negatives avoid)
+            "mix_items": mix,
+            "source_items": src,
+            "target_items": tgt,  # the user's domain-d items (also what negatives avoid)
             "target_in": t_in,
             "target_next": tgt[:, 1:],
             "valid": valid,
@@ -273,12 +273,12 @@ class TriCDR(Recommender):
         dr = self.dirs[d]
         x = self.direction_inputs(s, d)
         valid = x["valid"]
-        h_mix, h_src, h_tgt = dr.enc_mix(x["mix"]), dr.enc_source(x["source"]), dr.enc_target(x["target_in"])
-        reals = (x["mix"] != self.pad_id, x["source"] != self.pad_id, valid)
+        h_mix, h_src, h_tgt = dr.enc_mix(x["mix_items"]), dr.enc_source(x["source_items"]), dr.enc_target(x["target_in"])
+        reals = (x["mix_items"] != self.pad_id, x["source_items"] != self.pad_id, valid)
         attended, fused = self._fuse(dr, h_tgt, h_mix, x["mix_mask"], h_src, x["source_mask"], h_tgt, x["target_mask"], reals)
         if negatives is None:
             lo, hi = self.domain_ranges[d]
-            negatives = sample_negatives(x["target_in"], lo, hi, x["target"])
+            negatives = sample_negatives(x["target_in"], lo, hi, x["target_items"])
         table = dr.enc_target.item_emb
         u = F.normalize(fused, dim=-1)
         pos = (u * F.normalize(table(x["target_next"]), dim=-1)).sum(-1) * self.config.temperature
