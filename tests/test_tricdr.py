@@ -175,3 +175,5 @@ def test_pretraining_stage_initialises_the_encoders(tiny_dataset, tmp_path):
     bad = build_model("tricdr", {**main.model_params, "init_from": str(tmp_path / "run")}, bundle)
     with pytest.raises(UserError, match="not a tricdr stage=pretrain run"):
         bad.fit(bundle)
+    with pytest.raises(UserError, match="model.seq_len"):
+        build_model("tricdr", {"seq_len": 10}, bundle)

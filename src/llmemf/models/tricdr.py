@@ -193,10 +193,10 @@ class TriCDR(Recommender):
     def __init__(self, config: TriCDRConfig, bundle: DataBundle):
         super().__init__(config, bundle)
         if config.stage not in ("pretrain", "finetune"):
-            raise ValueError(f"tricdr: stage must be 'pretrain' or 'finetune', got {config.stage!r}")
+            raise UserError(f"tricdr: model.stage must be 'pretrain' or 'finetune', got {config.stage!r}")
         if bundle.max_len + 1 > config.seq_len:
             # Official quirk not reproduced: a target sequence filling the window skips attention at its first position.
-            raise ValueError(f"tricdr: max_len={bundle.max_len} must be below model.seq_len={config.seq_len}")
+            raise UserError(f"tricdr: max_len={bundle.max_len} must be below model.seq_len={config.seq_len}; lower max_len or raise model.seq_len")
         self.n_x = self.domain_ranges[0][1]
         self.dirs = nn.ModuleList([Direction(self.n_items, self.pad_id, config) for _ in range(2)])
         for p in self.parameters():  # Tri_CDR.py:149-153: xavier_normal_ on every matrix, defaults elsewhere
