@@ -227,7 +227,7 @@ def train(
     """Train one model; resumes from RUN_DIR/last.pt if present. Prints the per-domain test tables."""
     from llmemf.config import RunConfig, load_config
     from llmemf.distributed import env_world, teardown
-    from llmemf.training.trainer import train as run_training
+    from llmemf.experiments.runner import train_stages
 
     if nproc:
         from llmemf.training.launch import torchrun_train
@@ -248,7 +248,8 @@ def train(
         cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"  # unless the YAML names a run directory
     if world.is_main:
         typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}" + (f" on {world.size} processes" if world.distributed else ""))
-    result = run_training(cfg, resume=not fresh, log=typer.echo if world.is_main else (lambda _: None))
+    # a model's pre-training stage first (Tri-CDR)
+    result = train_stages(cfg, resume=not fresh, log=typer.echo if world.is_main else (lambda _: None))
     teardown()
     if not world.is_main:
         return
