@@ -284,3 +284,18 @@ def test_content_cold_id_recovers_a_linear_feature_to_id_map(tiny_bundle):
     assert torch.equal(model.item_vectors("id", slice(None)), model.item_id.weight)
     with pytest.raises(ValueError, match="content"):
         build_model("llmemf", {"modalities": ["id"], "cold_id": "content"}, tiny_bundle)
+
+
+@pytest.mark.parametrize("modalities", [["id"], ["id", "img", "txt"]])
+def test_candidate_scores_are_the_same_by_either_path(tiny_bundle, modalities):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "modalities": modalities}, tiny_bundle).eval()
+    batch = _eval_batch(tiny_bundle)
+    lo, hi = model.domain_ranges[1]
+    cand = torch.randint(lo, hi, (8, 7))
+    with torch.no_grad():
+        model.candidates_via_full = True
+        full = model.scores(batch, 1, cand)
+        model.candidates_via_full = False
+        gathered = model.scores(batch, 1, cand)
+    torch.testing.assert_close(full, gathered, rtol=1e-4, atol=1e-4)
