@@ -1,6 +1,7 @@
 """Kernel (sys) share of CPU time and step time of training steps under different malloc settings.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py DATASET_DIR [DATASET_DIR ...] [--steps 6] [--threads 1]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py . --probe   # no dataset: 128 MB blocks only
 
 Each (dataset, model, allocator setting) runs in a fresh child process (an allocator is chosen at
 process start), which times --steps training steps after 2 warm-up steps on length-bucketed
@@ -74,6 +75,48 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def probe(threaded: bool) -> None:
+    """40 x (allocate a 128 MB tensor, write it, one op, free), on the main thread or another one."""
+    import threading
+
+    import torch
+
+    runtime.setup_allocator()
+    torch.set_num_threads(1)
+
+    def work() -> None:
+        for _ in range(40):
+            x = torch.empty(4000, 8192).fill_(1.0)
+            y = x * 2
+            del x, y
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    if threaded:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    else:
+        work()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print("RESULT " + json.dumps({"user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime, "minflt": r1.ru_minflt - r0.ru_minflt}))
+
+
+def run_probe() -> None:
+    print(f"{'thread':7s} {'setting':20s} {'user s':>7s} {'sys s':>7s} {'minor faults':>12s}")
+    for threaded in (False, True):
+        for label, extra in settings():
+            env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", runtime.ACTIVE)}
+            env.update(extra)
+            cmd = [sys.executable, __file__, ".", "--probe-child", str(int(threaded))]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{'other' if threaded else 'main':7s} {label:20s} FAILED rc={proc.returncode}: {proc.stderr.strip()[-300:]}")
+                continue
+            r = json.loads(line[0][7:])
+            print(f"{'other' if threaded else 'main':7s} {label:20s} {r['user_s']:7.2f} {r['sys_s']:7.2f} {r['minflt']:12d}", flush=True)
+
+
 def settings() -> list[tuple[str, dict[str, str]]]:
     lib = runtime.mimalloc_path()
     out = [
@@ -94,8 +137,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="llmemf,sasrec")
     ap.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
+    ap.add_argument("--probe", action="store_true", help="only the allocation probe (128 MB blocks, main thread and another thread)")
     ap.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--probe-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.probe_child is not None:
+        probe(bool(args.probe_child))
+        return
+    if args.probe:
+        run_probe()
+        return
     if args.child:
         child(Path(args.child[0]), args.child[1], args.steps, args.threads)
         return

@@ -5,7 +5,7 @@ full softmax). glibc's malloc serves anything above its mmap threshold (at most 
 mmap and returns it with munmap, so every step pays system calls and the page faults of touching
 fresh pages: 40-50% of the process's CPU time in the kernel (issue 15). Two cures measured the same
 in benchmarks/bench_allocator.py (docs/cost.md): glibc told to keep large blocks in its heap
-(mallopt: no mmap, no trimming; no package, no restart, the default) and mimalloc with purging
+(mallopt: no mmap, no trimming, one arena; no package, no restart, the default) and mimalloc with purging
 off (the cmeel-mimalloc wheel, ``pip install llmemf[mimalloc]``; an allocator can only be chosen
 before the process starts, so the command then re-executes itself once with LD_PRELOAD set).
 
@@ -32,12 +32,13 @@ CHOICES = ("glibc", "mimalloc", "off")
 # mimalloc: never return freed pages to the OS (purge_delay -1): a training loop reallocates the
 # same sizes every step, so returning them only to fault them in again is the cost to avoid.
 MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
-# glibc (the default): no mmap for large blocks (they come from the heap and stay there), and
-# no trimming of the heap's top below 2 GiB of free memory. The same as GLIBC_TUNABLES for a process
-# started by someone else (benchmarks/bench_allocator.py measures that form).
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
-GLIBC_SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}  # mallopt takes an int: 2 GiB
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+# glibc (the default): no mmap for large blocks (they come from the heap and stay there), no
+# trimming of the heap's top below 2 GiB of free memory, and one arena for all threads: a thread's
+# own arena is a heap of at most 64 MB, so its large blocks would still be mmapped
+# (benchmarks/bench_allocator.py --probe). GLIBC_TUNABLES is the same for a process started elsewhere.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameters, glibc's malloc.h
+GLIBC_SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1, M_ARENA_MAX: 1}  # mallopt takes an int: 2 GiB
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1"
 
 
 def mimalloc_path() -> Path | None:
