@@ -216,7 +216,7 @@ def _register_optional_commands() -> None:
     """Stage modules that add their own commands (features, experiments, serving)."""
     import importlib
 
-    for module in ("llmemf.features.commands", "llmemf.experiments.commands"):
+    for module in ("llmemf.features.commands", "llmemf.experiments.commands", "llmemf.serving.commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
