@@ -36,7 +36,7 @@ def _browser_or_reason() -> str | None:
 def page(tmp_path):
     reason = _browser_or_reason()
     if reason:
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail(f"the browser test must run under CI: {reason}")
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright

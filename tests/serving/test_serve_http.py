@@ -15,7 +15,8 @@ def client(live):
 
 
 def test_health_models_and_model_facts(client, serve_dataset):
-    assert client.get("/health").json() == {"status": "ok", "runs": ["llmemf", "sasrec"]}
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["runs"] == ["llmemf", "sasrec"] and set(health["batching"]) == {"llmemf", "sasrec"}
     runs = client.get("/v1/models").json()
     assert [(r["run"], r["model"], r["default"]) for r in runs] == [("llmemf", "llmemf", True), ("sasrec", "sasrec", False)]
     m = client.get("/v1/model").json()
@@ -117,3 +118,26 @@ def test_malformed_and_oversized_bodies(client):
     assert client.get("/v1/items", params={"limit": 0}).status_code == 422
     assert client.get("/v1/items", params={"domain": "Q"}).status_code == 400
     assert client.get("/health").status_code == 200  # the server is still up
+
+
+def test_concurrent_requests_are_answered_each_as_alone(client, live):
+    """Requests in flight together are scored as one batch (Coalescer); each still gets its own answer."""
+    import asyncio
+
+    bodies = [
+        {"history": list(range(i, i + 1 + i % 5)), "domain": "XY"[i % 2], "k": 1 + i % 7, "cold_id": ["learned", "neutral", None][i % 3]}
+        for i in range(24)
+    ]
+    bodies = [{k: v for k, v in b.items() if v is not None} for b in bodies]
+    alone = [client.post("/v1/recommend", json=b).json() for b in bodies]
+
+    async def together():
+        async with httpx.AsyncClient(base_url=live, timeout=30) as c:
+            return await asyncio.gather(*[c.post("/v1/recommend", json=b) for b in bodies])
+
+    for res, ref in zip(asyncio.run(together()), alone, strict=True):
+        assert res.status_code == 200
+        got = res.json()
+        assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in ref["items"]]
+        assert [i["score"] for i in got["items"]] == pytest.approx([i["score"] for i in ref["items"]], abs=1e-4)
+    print("coalescing:", client.get("/health").json()["batching"])  # how many batches they formed (timing-dependent)

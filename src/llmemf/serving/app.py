@@ -18,6 +18,7 @@ k out of 1..1000, history over 1000 ids, ids that are neither int nor string, un
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,46 @@ class BatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requests: list[RecommendBody] = Field(max_length=MAX_BATCH)
     run: StrictStr | None = None
+
+
+class Coalescer:
+    """Scores concurrent /v1/recommend requests together. While one batch is scored (in a worker thread,
+    so the event loop keeps accepting), newly arrived requests queue up and form the next batch: at
+    concurrency c a domain's keys are read once per batch instead of c times (scoring one history is a
+    matrix-vector product, bound by memory bandwidth), and a lone request waits for nothing."""
+
+    def __init__(self, served: ServedModel, max_batch: int = 64):
+        self.served, self.max_batch = served, max_batch
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0}  # reported by /health
+
+    async def submit(self, req: RecommendRequest):
+        if self.task is None:  # started in the server's event loop, on first use
+            self.queue = asyncio.Queue()
+            self.task = asyncio.create_task(self._loop())
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((req, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < self.max_batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(items)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(items))
+            try:
+                results = await asyncio.to_thread(self.served.recommend_many, [r for r, _ in items])
+            except Exception as e:  # noqa: BLE001 - requests were checked before queueing: this is a bug, every waiter gets it
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), res in zip(items, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
 
 
 class BodyLimit:
@@ -125,6 +166,8 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
     app = FastAPI(title="llmemf", description="Recommendations from trained llmemf runs", version="1")
     app.state.runs = runs
 
+    coalescers = {name: Coalescer(s) for name, s in runs.items()}
+
     def run_of(name: str | None) -> ServedModel:
         if name is None:
             return first
@@ -150,7 +193,7 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "runs": list(runs)}
+        return {"status": "ok", "runs": list(runs), "batching": {n: c.stats for n, c in coalescers.items()}}
 
     @app.get("/v1/models")
     async def models():
@@ -188,17 +231,21 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
         return out
 
     @app.post("/v1/recommend")
-    def recommend(body: RecommendBody):
+    async def recommend(body: RecommendBody):
         s = run_of(body.run)
-        return answer(s, [s.recommend(body.request())])[0]
+        req = body.request()
+        s.check(req)  # a bad request is answered now, never mixed into a batch
+        result = await coalescers[body.run or names[0]].submit(req)
+        return answer(s, [result])[0]
 
     @app.post("/v1/recommend/batch")
-    def recommend_batch(body: BatchBody):
+    async def recommend_batch(body: BatchBody):
         runs_used = {b.run for b in body.requests if b.run is not None} | ({body.run} if body.run else set())
         if len(runs_used) > 1:
             raise RequestError(f"one run per batch call, got {sorted(runs_used)}")
         s = run_of(runs_used.pop() if runs_used else None)
-        return {"results": answer(s, s.recommend_many([b.request() for b in body.requests]))}
+        results = await asyncio.to_thread(s.recommend_many, [b.request() for b in body.requests])
+        return {"results": answer(s, results)}
 
     @app.get("/v1/items")
     async def items(query: str = Query("", max_length=200), domain: str | None = None, limit: int = Query(20, ge=1, le=100)) -> list[dict[str, Any]]:

@@ -166,6 +166,11 @@ class ServedModel:
                 raise RequestError("cold_id='content' predicts ID vectors from image/text features; this run has none")
         elif self.cold_modes:
             cold = self.model.config.cold_id
+        if not self.scores_new_histories and any(self.resolve_item(t) is not None for t in req.history):
+            raise RequestError(
+                f"model {self.model_name} scores the users it was trained on by their user ID and cannot score a new history; "
+                "serve a sequential model (e.g. sasrec, llmemf)"
+            )
         return dom, cold
 
     # ---- scoring -------------------------------------------------------------------------------
@@ -231,11 +236,6 @@ class ServedModel:
                 groups.setdefault((dom, cold), []).append(i)
             else:
                 results[i] = self._top(requests[i], dom, cold, ids, unknown, self.popularity[slice(*self.bundle.domain_range(dom))], True)
-        if groups and not self.scores_new_histories:
-            raise RequestError(
-                f"model {self.model_name} scores the users it was trained on by their user ID and cannot score a new history; "
-                "serve a sequential model (e.g. sasrec, llmemf)"
-            )
         for (dom, cold), rows in groups.items():
             scores = self.score([resolved[i][0] for i in rows], dom, cold)
             for i, s in zip(rows, scores, strict=True):
