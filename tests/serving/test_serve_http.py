@@ -141,3 +141,41 @@ def test_concurrent_requests_are_answered_each_as_alone(client, live):
         assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in ref["items"]]
         assert [i["score"] for i in got["items"]] == pytest.approx([i["score"] for i in ref["items"]], abs=1e-4)
     print("coalescing:", client.get("/health").json()["batching"])  # how many batches they formed (timing-dependent)
+
+
+def test_the_serve_command_binds_loopback_and_answers(llmemf_run, tmp_path):
+    """`llmemf serve RUN` as a user runs it: a subprocess on a free port, then stopped."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llmemf.cli", "serve", str(llmemf_run), "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "llmemf serve did not answer within 120 s"
+                time.sleep(0.2)
+        assert health.json()["runs"] == ["llmemf"]
+        res = httpx.post(f"http://127.0.0.1:{port}/v1/recommend", json={"history": [1, 35], "domain": "Y", "k": 3})
+        assert res.status_code == 200 and len(res.json()["items"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_serve_command_reports_a_bad_run_directory(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmemf.cli import app
+
+    res = CliRunner().invoke(app, ["serve", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope" in res.output and "llmemf train" in res.output
