@@ -47,8 +47,8 @@ def test_fused_dot_product_equals_model_scores_under_every_cold_policy(served):
 
 
 def test_cross_domain_history_unknown_ids_and_exclusion(served):
-    res = served.recommend(RecommendRequest(["I0001", 35, "40", "NOPE", 9999, -1], "Y", k=5))
-    assert res.history == [1, 35, 40] and res.unknown == ["NOPE", 9999, -1] and not res.fallback
+    res = served.recommend(RecommendRequest(["I0001", 35, "40", "NOPE", 9999, -1, "²", "70"], "Y", k=5))
+    assert res.history == [1, 35, 40] and res.unknown == ["NOPE", 9999, -1, "²", "70"] and not res.fallback
     ids = [r.item_id for r in res.items]
     assert len(ids) == 5 and all(30 <= i < 70 for i in ids) and not {35, 40} & set(ids)
     scores = [r.score for r in res.items]

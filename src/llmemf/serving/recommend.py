@@ -115,8 +115,8 @@ class ServedModel:
             return domain
         if isinstance(domain, str):
             names = [n.lower() for n in self.domain_names]
-            if domain.lower() in names:
-                return names.index(domain.lower())
+            if domain.strip().lower() in names:
+                return names.index(domain.strip().lower())
             alias = {"X": 0, "Y": 1, "0": 0, "1": 1}.get(domain.strip().upper())
             if alias is not None:
                 return alias
@@ -131,7 +131,7 @@ class ServedModel:
         tok = str(token).strip()
         if tok in self.by_original:
             return self.by_original[tok]
-        if tok.isdigit() and int(tok) < self.bundle.n_items:
+        if tok.isascii() and tok.isdigit() and int(tok) < self.bundle.n_items:  # not "²", which isdigit() too
             return int(tok)
         return None
 
@@ -162,7 +162,7 @@ class ServedModel:
                 raise RequestError(f"cold_id={cold!r}: model {self.model_name} has no cold-start policy to choose (LLM-EMF has)")
             if cold not in self.cold_modes:
                 raise RequestError(f"cold_id={cold!r}: use one of {', '.join(self.cold_modes)}")
-            if cold == "content" and self.fast and self.model.frozen_keys.shape[1] == 0:
+            if cold == "content" and getattr(self.model, "frozen_keys", torch.zeros(0, 0)).shape[1] == 0:
                 raise RequestError("cold_id='content' predicts ID vectors from image/text features; this run has none")
         elif self.cold_modes:
             cold = self.model.config.cold_id
