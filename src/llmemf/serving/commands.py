@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
             + (" (most popular: empty history)" if res.fallback else ":")
         )
         for rank, r in enumerate(res.items, 1):
-            typer.echo(f"{rank:3d}. {r.original_id:>12s}  (id {r.item_id})  {r.score:8.3f}  {r.title or '(no title)'}")
+            score = r.score if r.score is not None else float("-inf")
+            typer.echo(f"{rank:3d}. {r.original_id:>12s}  (id {r.item_id})  {score:8.3f}  {r.title or '(no title)'}")
 
     @app.command()
     def serve(

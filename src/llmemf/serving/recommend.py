@@ -16,6 +16,7 @@ Request mistakes raise ``RequestError`` (a UserError): the CLI prints it and exi
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class Recommendation:
     item_id: int  # global item id
     original_id: str  # e.g. the ASIN
     title: str | None
-    score: float  # the model's score (fallback: the item's training count)
+    score: float | None  # the model's score (fallback: the item's training count); None where not finite
     image: str | None = None  # filled by the service: URL of the item's image, None where there is none
 
 
@@ -255,6 +256,6 @@ class ServedModel:
         items = []
         for s, local in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             rec = self.item(lo + local)
-            rec.score = s
+            rec.score = s if math.isfinite(s) else None  # a model's -inf (masked item) has no JSON form
             items.append(rec)
         return RecommendResult(self.domain_names[dom], items, ids, unknown, fallback, cold)
