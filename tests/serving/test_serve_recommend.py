@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import train_run
+from serve_helpers import train_run
 from typer.testing import CliRunner
 
 from llmemf.cli import app
