@@ -178,4 +178,7 @@ def test_the_serve_command_reports_a_bad_run_directory(tmp_path):
     from llmemf.cli import app
 
     res = CliRunner().invoke(app, ["serve", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and "nope" in res.output and "llmemf train" in res.output
+    assert res.exit_code == 2 and "nope: no such run directory" in res.output
+    (tmp_path / "half").mkdir()
+    res = CliRunner().invoke(app, ["serve", str(tmp_path / "half")])
+    assert res.exit_code == 2 and "not a llmemf run directory" in res.output

@@ -117,6 +117,8 @@ def test_cli_recommend_is_the_service_path(served, llmemf_run):
     assert [r["score"] for r in cli] == pytest.approx([r.score for r in direct.items], abs=1e-5)
     bad = CliRunner().invoke(app, ["recommend", "--checkpoint", str(llmemf_run), "--history", "I0001", "--domain", "W"])
     assert bad.exit_code == 2 and "unknown domain 'W'" in bad.output
+    bad = CliRunner().invoke(app, ["recommend", "--checkpoint", str(llmemf_run), "--history", "I0001", "--domain", "X", "-k", "0"])
+    assert bad.exit_code == 2 and "-k 0: must be between 1 and 1000" in bad.output
 
 
 @pytest.mark.parametrize("name", available_models())

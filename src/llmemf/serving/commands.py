@@ -26,8 +26,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Top-k items of the target domain for a history, with titles and scores."""
-        from llmemf.serving.recommend import RecommendRequest, ServedModel
+        from llmemf.serving.recommend import MAX_K, RecommendRequest, ServedModel
 
+        if not 1 <= k <= MAX_K:
+            raise UserError(f"-k {k}: must be between 1 and {MAX_K}")
         served = ServedModel.load(checkpoint)
         tokens = [t.strip() for t in history.split(",") if t.strip()]
         _, unknown = served.resolve_items(tokens)

@@ -99,12 +99,16 @@ class ServedModel:
     def load(cls, run_dir: str | Path) -> ServedModel:
         from llmemf.training.trainer import load_run
 
-        run_dir = Path(run_dir)
-        try:
-            cfg, bundle, model = load_run(run_dir)
-        except FileNotFoundError as e:
-            raise UserError(f"{run_dir}: cannot load the run ({e}); give a run directory written by `llmemf train`") from None
-        return cls(model, bundle, cfg.model_name, run_dir=run_dir if run_dir.is_dir() else run_dir.parent, config=cfg)
+        path = Path(run_dir)
+        run_dir = path.parent if path.is_file() else path
+        if not path.exists():
+            raise UserError(f"{path}: no such run directory or file; train one with `llmemf train`")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{path}: not a llmemf run directory (no config.yaml)")
+        if path.is_dir() and not (run_dir / "best.pt").is_file():
+            raise UserError(f"{path}: no best.pt (training has not finished an epoch); train it with `llmemf train`")
+        cfg, bundle, model = load_run(path)
+        return cls(model, bundle, cfg.model_name, run_dir=run_dir, config=cfg)
 
     # ---- input ---------------------------------------------------------------------------------
     @property
