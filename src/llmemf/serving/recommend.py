@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import llmemf.models.base as model_base
 from llmemf.data.batching import Batch, DataBundle, domain_masks, left_pad
 from llmemf.errors import UserError
 from llmemf.models.base import Recommender
@@ -31,10 +32,12 @@ from llmemf.models.llmemf import COLD_ID_MODES
 
 MAX_K = 1000  # largest k a request may ask for
 MAX_HISTORY = 1000  # longest history a request may send (the model reads its last max_len items)
-# Models whose scores read a user-ID embedding learnt in training: a new history has no such user. A model
-# class that folds a new history in instead declares ``scores_new_histories = True``.
-USER_ID_MODELS = {"bprmf", "ncf_mlp"}
-NEW_USER = -1  # the user index of a request's batch: no user of the training vocabulary
+# The user index of a request's batch: no user of the training vocabulary. Where models/base.py defines
+# NO_USER, its contract is that user-ID models fold such a history in; before that (this branch's base),
+# the models below read a user embedding learnt in training and cannot score a new history. (After the
+# merge with main, which has NO_USER, this reduces to `from llmemf.models.base import NO_USER`.)
+NEW_USER: int = getattr(model_base, "NO_USER", -1)
+USER_ID_MODELS = set() if hasattr(model_base, "NO_USER") else {"bprmf", "ncf_mlp"}
 
 
 class RequestError(UserError):
