@@ -10,7 +10,7 @@ from serve_helpers import train_run
 from typer.testing import CliRunner
 
 from llmemf.cli import app
-from llmemf.models.base import available_models
+from llmemf.models.base import REGISTRY
 from llmemf.serving.recommend import USER_ID_MODELS, RecommendRequest, RequestError, ServedModel
 
 
@@ -121,7 +121,7 @@ def test_cli_recommend_is_the_service_path(served, llmemf_run):
     assert bad.exit_code == 2 and "-k 0: must be between 1 and 1000" in bad.output
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_every_registered_model_is_servable(name, serve_dataset, tmp_path):
     """Each model answers a new cross-domain history through scores(), or (user-ID models) says it cannot."""
     run = train_run(serve_dataset.root, tmp_path / name, name)
