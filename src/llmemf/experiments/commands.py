@@ -55,10 +55,38 @@ def _check_overrides(overrides: list[str]) -> None:
     load_config(None, overrides)
 
 
+def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None:
+    """`llmemf compare --spec FILE`: print the compute estimate, then run the spec resumably."""
+    from llmemf.experiments.spec import estimate, load_spec, run_spec
+
+    spec, run_overrides = load_spec(path, overrides)
+    if not Path(spec.dataset).is_dir():
+        raise UserError(f"--spec {path}: dataset {spec.dataset} is not a directory; prepare it or give dataset=DIR")
+    _check_overrides([f"dataset={spec.dataset}", *run_overrides])
+    typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
+    header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
+    note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
+    text = to_markdown(header, rows, note)
+    typer.echo("\n" + text + f"\n\nestimated compute left: {hours:.2f} h")
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "estimate.md", (text + f"\n\nestimated compute left: {hours:.2f} h\n").encode())
+    if estimate_only:
+        return
+    t0 = time.perf_counter()
+    plan = run_spec(spec, run_overrides, log=typer.echo)
+    typer.echo(f"\n{len(plan)} runs in {out} ({time.perf_counter() - t0:.0f}s this invocation); selection in {out}/selection.json")
+    typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
-        dataset: Path = typer.Option(..., "--dataset", "-d"),
+        dataset: Path | None = typer.Option(None, "--dataset", "-d"),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="an experiment spec (experiments/*.yaml): key=value then overrides its fields or every run"
+        ),
+        estimate_only: bool = typer.Option(False, "--estimate-only", help="with --spec: print the estimated compute hours and stop"),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
         overrides: list[str] = typer.Argument(
@@ -69,6 +97,10 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare as run_compare
         from llmemf.experiments.runner import compare_configs
 
+        if spec is not None:
+            return _compare_spec(spec, list(overrides or []), estimate_only)
+        if dataset is None:
+            raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()
         names = [m.strip() for m in models.split(",") if m.strip()]

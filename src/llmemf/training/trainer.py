@@ -36,6 +36,7 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset, atomic_write_bytes
 from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
 from llmemf.models.base import Recommender, build_model, check_model_params
+from llmemf.reporting.ranks import save_ranks
 
 
 def seed_everything(seed: int) -> None:
@@ -326,6 +327,7 @@ def _train(cfg: RunConfig, run_dir: Path, bundle: DataBundle | None, resume: boo
     t_final = time.perf_counter()
     valid = evaluate_all(model, cfg, bundle, "valid")
     test = evaluate_all(model, cfg, bundle, "test")
+    save_ranks(run_dir, {"valid": valid, "test": test}, bundle)  # per-user ranks: paired significance, warm/cold targets
     cold = cold_item_results(model, cfg, bundle, "test")
     seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     _write_json(
