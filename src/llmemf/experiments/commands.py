@@ -79,6 +79,21 @@ def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None
     typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
 
 
+def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, overrides: list[str]) -> None:
+    from llmemf.experiments.spec import load_spec
+    from llmemf.reporting.paper import build_report
+    from llmemf.reporting.paper import collect as collect_runs
+
+    specs = [load_spec(p, overrides)[0] for p in paths]
+    if collect:
+        for s in specs:
+            n = collect_runs(Path(s.out), results / s.scenario)
+            typer.echo(f"{s.title}: {n} finished runs collected from {s.out} into {results / s.scenario}")
+    commands = [f"llmemf report --spec {p}" for p in paths]
+    path = build_report(specs, results, doc, commands, log=typer.echo)
+    typer.echo(f"wrote {path} and {', '.join(str(results / s.scenario / 'tables') for s in specs)}/*.csv")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
@@ -196,12 +211,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        runs: list[Path] = typer.Argument(..., help="run directories (each with results.json)"),
+        runs: list[Path] = typer.Argument(None, help="run directories (each with results.json)"),
         out: Path = typer.Option(Path("runs/report"), "--out", "-o"),
+        spec: list[Path] = typer.Option(None, "--spec", help="experiment spec(s): write --doc from results/<scenario>/ (repeat for several)"),
+        collect: bool = typer.Option(False, "--collect", help="with --spec: first copy each finished run's small files into results/<scenario>/"),
+        results: Path = typer.Option(Path("results"), "--results", help="with --spec: where collected runs live"),
+        doc: Path = typer.Option(Path("docs/results.md"), "--doc", help="with --spec: the Markdown report"),
+        overrides: list[str] = typer.Option(None, "--set", help="with --spec: key=value for the spec (out=DIR, dataset=DIR)"),
     ) -> None:
-        """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs."""
+        """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs;
+        with --spec, docs/results.md: tables 2-4, significance, warm/cold targets, figure 5."""
         from llmemf.reporting.plots import training_curves
 
+        if spec:
+            return _report_spec(list(spec), collect, results, doc, list(overrides or []))
+        if not runs:
+            raise UserError("report: give run directories, or --spec FILE")
         loaded = {}
         for run in runs:
             if not (run / "results.json").is_file():
