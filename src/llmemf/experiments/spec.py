@@ -99,7 +99,8 @@ SPEC_KEYS = {f.name for f in dataclasses.fields(Spec)} - {"path"}
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spec, list[str]]:
     """The spec, with ``key=value`` overrides of its own fields (``dataset=``, ``seeds=[1]``); the
-    other overrides are returned to be applied to every run (``train.threads=1``)."""
+    other overrides are returned to be applied to every run (``train.threads=1``), or with a model
+    name in front to that model's rows only (``llmemf.model.modalities=[id]``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--spec {path}: no such file")
@@ -197,8 +198,13 @@ class PlannedRun:
         return run_config(self.model, spec.dataset, Path(spec.out) / self.run, self.overrides)
 
 
-def _common(spec: Spec, row_overrides: list[str], run_overrides: list[str]) -> list[str]:
-    return [f"train.epochs={spec.epochs}", f"train.patience={spec.patience}", *spec.overrides, *row_overrides, *run_overrides]
+def _common(spec: Spec, row: Row, run_overrides: list[str]) -> list[str]:
+    """The spec's cap and overrides, the row's, then the command line's (``NAME.key=value``: rows of model NAME only)."""
+    from llmemf.experiments.runner import route_overrides
+    from llmemf.models.base import REGISTRY
+
+    mine = route_overrides(list(REGISTRY), run_overrides)[row.model]
+    return [f"train.epochs={spec.epochs}", f"train.patience={spec.patience}", *spec.overrides, *row.overrides, *mine]
 
 
 def _trainable(model: str) -> bool:
@@ -214,7 +220,7 @@ def row_search(spec: Spec, row: Row, run_overrides: list[str]) -> tuple[list[Pla
     """The row's shared-grid runs and own-grid runs at the first seed (own-grid points are relative:
     the selected shared point is filled in by ``run_spec``)."""
     seed = spec.seeds[0]
-    base = [*_common(spec, row.overrides, run_overrides), f"seed={seed}"]
+    base = [*_common(spec, row, run_overrides), f"seed={seed}"]
     shared = grid_product(spec.grid) if row.tune and _trainable(row.model) else [{}]
     grid = [
         PlannedRun("grid", row.label, row.model, p, seed, f"{slug(row.label)}/{point_slug(p)}/seed{seed}", [*base, *point_overrides(p)])
@@ -306,7 +312,7 @@ def run_spec(
     chosen_prev = reused_selection(spec, run_overrides) if spec.reuse_selection else {}
     for row in spec.rows:
         seed0 = spec.seeds[0]
-        base = [*_common(spec, row.overrides, run_overrides), f"seed={seed0}"]
+        base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
         if spec.reuse_selection:
             point = chosen_prev[row.label]["point"]
             sel = PlannedRun(
@@ -335,7 +341,7 @@ def run_spec(
         _mark_selected(plan, sel.run)
         for seed in spec.seeds_of(row)[1:]:
             q = dataclasses.replace(sel, kind="seed", seed=seed, run=f"{slug(row.label)}/{point_slug(sel.point)}/seed{seed}")
-            q.overrides = [*_common(spec, row.overrides, run_overrides), f"seed={seed}", *point_overrides(sel.point)]
+            q.overrides = [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)]
             execute(q)
             _mark_selected(plan, q.run)
     atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
@@ -350,7 +356,7 @@ def run_spec(
         rows = {labels[i - 1]: ABLATIONS[labels[i - 1]] for i in ab.table4} | dict(ab.extra)
         for label, extra in rows.items():
             for seed in ab.seeds:
-                ov = [*_common(spec, row.overrides, run_overrides), *base_point, *extra, f"seed={seed}"]
+                ov = [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"]
                 execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov))
     if spec.sensitivity:
         sens = spec.sensitivity
@@ -359,7 +365,7 @@ def run_spec(
         for axis, values in sens.axes.items():
             for v in values:
                 point = {**sel_point, axis: v}
-                ov = [*_common(spec, row.overrides, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
+                ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
                 execute(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, f"sensitivity/{slug(axis)}/{point_slug({axis: v})}", ov))
     atomic_write_bytes(out / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())
     return plan
@@ -434,13 +440,16 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
     header = ["row", "model", "step s (median)", "steps/epoch", "epoch cap", "runs", "finished", "hours (cap)", "hours left"]
     rows, total = [], 0.0
     per_model: dict[tuple, tuple[float, int]] = {}
+    configs = {}  # every row's config first: a bad key fails before anything is timed
     for row in spec.rows:
         grid, _ = row_search(spec, row, run_overrides) if not spec.reuse_selection else (None, None)
-        cfg = (
+        configs[row.label] = (
             grid[0].config(spec)
             if grid
-            else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row.overrides, run_overrides)).config(spec)
+            else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row, run_overrides)).config(spec)
         )
+    for row in spec.rows:
+        cfg = configs[row.label]
         if cfg.max_len not in bundles:
             bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
         key = (_normalised(dataclasses.replace(cfg, seed=0, out="")),)
