@@ -96,13 +96,23 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     monkeypatch.chdir(tmp_path)
     _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
     doc = (tmp_path / "docs" / "results.md").read_text()
-    for part in ("Tables 2-3 layout, c2dsr protocol", "full protocol", "Wilcoxon p", "Warm and cold", "Table 4 layout", "no auxiliary losses"):
+    for part in (
+        "Tables 2-3 layout, c2dsr protocol",
+        "full protocol",
+        "Wilcoxon p",
+        "Warm and cold",
+        "Table 4 layout",
+        "no auxiliary losses",
+        "### Compute",
+    ):
         assert part in doc
     assert "ID + titles + LLM text" in doc and "lr=" in doc
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
     main = (tmp_path / "results" / "tiny" / "tables" / "main_c2dsr.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in main[1:]] == ["pop", "sasrec", "llmemf"]
     assert not list((tmp_path / "results").rglob("*.pt"))  # never checkpoints
+    cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
+    assert cost[-1].startswith("total,12,")  # 12 distinct runs (one own-grid point equals a grid point)
     # The report rebuilds from results/ alone, number for number.
     shutil.rmtree(runs)
     _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/again.md")

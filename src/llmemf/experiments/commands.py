@@ -88,9 +88,9 @@ def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, ove
         for s in specs:
             n = collect_runs(Path(s.out), results / s.scenario)
             typer.echo(f"{s.title}: {n} finished runs collected from {s.out} into {results / s.scenario}")
-    commands = [f"llmemf report --spec {p}" for p in paths]
+    commands = ["llmemf report " + " ".join(f"--spec {p}" for p in paths)]
     path = build_report(specs, results, doc, commands, log=typer.echo)
-    typer.echo(f"wrote {path} and {', '.join(str(results / s.scenario / 'tables') for s in specs)}/*.csv")
+    typer.echo(f"wrote {path}; CSVs in " + ", ".join(str(results / s.scenario / "tables") for s in specs))
 
 
 def register(app: typer.Typer) -> None:
