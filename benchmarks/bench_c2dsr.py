@@ -1,117 +1,160 @@
-"""C2DSR per-epoch cost and quality, against the official code's quoted cost.
+"""C2DSR training cost per epoch: the official loss, the fast variant, and the official code, in one run.
 
-    .venv/bin/python benchmarks/bench_c2dsr.py /tmp/ds_Food-Kitchen --epochs 2
-    .venv/bin/python benchmarks/bench_c2dsr.py /tmp/ds_Food-Kitchen --epochs 10 --threads 2 --variants sampled-bf16-popularity
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_c2dsr.py DATASET [--official CHECKOUT] [--steps 6] [--threads 1]
 
-(the second is a row of the README's table: 44.4 s/epoch, 10.1x, best validation MRR 7.90 on an
-idle 2-core machine; configs/models/c2dsr.yaml trains this variant).
+DATASET is an llmemf dataset of a C2DSR scenario (e.g. Food-Kitchen); CHECKOUT a checkout of cjx96/C2DSR
+(holding ``C2DSR_src/``; run from there at run time, never copied here). A full epoch on a loaded 2-core
+machine takes minutes per variant, so the cost of an epoch is estimated: ``--steps`` training steps
+(forward, backward, optimiser step) after ``--warmup`` untimed ones, median seconds per step x steps per
+epoch. Variants:
 
-Trains C2DSR through the real trainer with the official hyperparameters (hidden 256, batch 256,
-GNN depth 1, 2 blocks, 1 head, dropout 0.2, lambda 0.7, lr 1e-3, max_len 15), one variant per
-subprocess (so that peak memory is per variant), and prints per variant: median training
-seconds per epoch, median evaluation seconds (validation, c2dsr protocol), peak RSS, validation
-MRR per epoch (mean over the two domains), and the ratio 450 s / ours. The 450 s/epoch is the
-figure quoted in issue 5 for the official code on Food-Kitchen on 2 cores; it is NOT measured
-here.
+* ``c2dsr.yaml``: llmemf's C2DSR with configs/models/c2dsr.yaml (the official model and loss: full softmax, fp32),
+* ``c2dsr_fast.yaml``: configs/models/c2dsr_fast.yaml (sampled softmax with 4096 popularity negatives, bf16
+  autocast where the CPU has native bf16),
+* ``official``: ``CDSRTrainer.train_batch`` of the official code with its defaults, on the CPU (``.cuda()``
+  made a no-op at run time), batches from its own loader.
 
-Variants: full-fp32 / full-bf16 (paper's full softmax, fp32 or bf16 autocast) and
-sampled-fp32 / sampled-bf16 (softmax over target + ``--negatives`` shared uniform items, each
-negative weighted n_domain / k so the sampled partition function estimates the full one) and
-sampled-fp32-uncorrected (the same without that weight) and sampled-fp32-popularity /
-sampled-bf16-popularity (negatives drawn in proportion to (train count + 1)^0.75, weighted
-1 / (k q)). Every variant builds the model from its dataclass defaults plus these overrides, not
-from configs/models/c2dsr.yaml.
+Prints a table with the ratio of each to the official code's seconds per epoch measured in the same run.
+Timings depend on the machine's load: say so next to any number taken from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
+import math
 import os
-import subprocess
+import random
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-import numpy as np
+import torch
 
-OFFICIAL_SECONDS_PER_EPOCH = 450.0  # quoted in issue 5, not measured here
-
-VARIANTS = {
-    "full-fp32": ["train.bf16=false", "model.train_negatives=0"],
-    "full-bf16": ["train.bf16=true", "model.train_negatives=0"],
-    "sampled-fp32": ["train.bf16=false"],
-    "sampled-bf16": ["train.bf16=true"],
-    "sampled-fp32-uncorrected": ["train.bf16=false", "model.sampled_correction=false"],
-    "sampled-fp32-popularity": ["train.bf16=false", "model.negative_sampler=popularity"],
-    "sampled-bf16-popularity": ["train.bf16=true", "model.negative_sampler=popularity"],
-}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(dataset: str, epochs: int, variant: str, negatives: int, out: str, threads: int) -> dict:
+def time_steps(step, batches, warmup: int, steps: int) -> list[float]:
+    out = []
+    for i, b in enumerate(batches):
+        if i >= warmup + steps:
+            break
+        t0 = time.perf_counter()
+        step(b)
+        if i >= warmup:
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_llmemf(config: Path, dataset: Path, bundle, warmup: int, steps: int) -> tuple[list[float], int, str]:
     from llmemf.config import load_config
-    from llmemf.training.trainer import peak_rss_mib, train
+    from llmemf.models.base import build_model
+    from llmemf.training.trainer import make_optimizer, train_in_bf16
 
-    overrides = [
-        f"dataset={dataset}",
-        f"out={out}",
-        "model.name=c2dsr",
-        "model.hidden=256",
-        "model.gnn_layers=1",
-        "model.lam=0.7",
-        f"model.train_negatives={negatives}",
-        "max_len=15",
-        "train.batch_size=256",
-        "train.lr=1e-3",
-        "train.weight_decay=5e-4",
-        f"train.epochs={epochs}",
-        f"train.patience={epochs + 1}",
-        "train.progress=false",
-        f"train.threads={threads}",
-        "eval.protocols=[c2dsr]",
-    ] + VARIANTS[variant]
-    train(load_config(None, overrides), resume=False, log=lambda m: print(f"[{variant}] {m}", file=sys.stderr, flush=True))
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line]
-    return {
-        "variant": variant,
-        "train_s": [r["train_seconds"] for r in rows],
-        "eval_s": [r["eval_seconds"] for r in rows],
-        "valid_mrr": [r["valid_mrr"] for r in rows],
-        "peak_rss_mib": peak_rss_mib(),
-    }
+    cfg = load_config(config, [f"dataset={dataset}"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_name, cfg.model_params, bundle)
+    opt = make_optimizer(model, cfg)
+    bf16 = train_in_bf16(cfg, model)
+    model.train()
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    batches = bundle.train.iter_batches(cfg.train.batch_size, shuffle=True, seed=cfg.seed, by_length=cfg.train.by_length)
+    per_epoch = math.ceil(len(bundle.train) / cfg.train.batch_size)
+    return time_steps(step, batches, warmup, steps), per_epoch, "bf16" if bf16 else "fp32"
+
+
+def bench_official(checkout: Path, ds, warmup: int, steps: int) -> tuple[list[float], int, str]:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from crosscheck_c2dsr import write_official_files
+
+    src = (checkout / "C2DSR_src").resolve()
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]  (CPU-only torch)
+    sys.path.insert(0, str(src))
+    import utils.loader as official_loader  # the checkout's modules
+    from model.trainer import CDSRTrainer
+    from utils.GraphMaker import GraphMaker
+
+    tmp = Path(tempfile.mkdtemp(prefix="c2dsr_bench_"))
+    name = ds.manifest.name
+    write_official_files(ds, tmp / "dataset" / name)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    random.seed(2040)
+    torch.manual_seed(2040)
+    opt = {
+        "data_dir": name,
+        "model": "C2DSR",
+        "hidden_units": 256,
+        "num_blocks": 2,
+        "num_heads": 1,
+        "GNN": 1,
+        "dropout": 0.2,
+        "optim": "adam",
+        "lr": 0.001,
+        "lr_decay": 1,
+        "weight_decay": 5e-4,
+        "decay_epoch": 5,
+        "max_grad_norm": 5.0,
+        "leakey": 0.1,
+        "maxlen": 15,
+        "cpu": True,
+        "cuda": False,
+        "lambda": 0.7,
+        "batch_size": 256,
+    }  # fmt: skip (train_rec.py's defaults, on the CPU)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_batches = official_loader.DataLoader(name, opt["batch_size"], opt, evaluation=-1)
+        opt["itemnum"] = opt["source_item_num"] + opt["target_item_num"] + 1
+        graph = GraphMaker(opt, f"./dataset/{name}/traindata_new.txt")
+    os.chdir(cwd)
+    trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
+    return time_steps(trainer.train_batch, iter(train_batches), warmup, steps), len(train_batches), "fp32"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", help="prepared llmemf dataset directory, e.g. /tmp/ds_Food-Kitchen")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--variants", default="full-fp32,full-bf16,sampled-bf16")
-    p.add_argument("--negatives", type=int, default=4096, help="shared negatives per domain per step for sampled-*")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default); 1 helps on a shared, loaded machine")
-    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
-    args = p.parse_args()
-    if args.one:
-        with tempfile.TemporaryDirectory() as out:
-            print(json.dumps(run_one(args.dataset, args.epochs, args.one, args.negatives, out, args.threads)))
-        return
-    results = []
-    for v in args.variants.split(","):
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
-        cmd = [sys.executable, __file__, args.dataset, "--epochs", str(args.epochs), "--negatives", str(args.negatives)]
-        cmd += ["--threads", str(args.threads), "--one", v]
-        out = subprocess.run(cmd, check=True, capture_output=False, stdout=subprocess.PIPE, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"\nC2DSR on {args.dataset}: hidden 256, batch 256, GNN depth 1, {args.epochs} epoch(s); sampled-* use {args.negatives} negatives")
-    print(f"torch threads: {args.threads or 'default'}; load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
-    print(f"official cost: {OFFICIAL_SECONDS_PER_EPOCH:.0f} s/epoch (figure quoted in issue 5, not measured here)\n")
-    print("| variant | train s/epoch (median) | eval s (median) | peak RSS MiB | valid MRR per epoch (%) | speed-up vs 450 s |")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--official", type=Path, help="checkout of cjx96/C2DSR (holds C2DSR_src/)")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from llmemf.data.batching import DataBundle
+    from llmemf.data.dataset import Dataset
+
+    ds = Dataset.load(args.dataset)
+    bundle = DataBundle(ds, max_len=15)
+    results = {}
+    for name in ("c2dsr.yaml", "c2dsr_fast.yaml"):
+        results[name] = bench_llmemf(REPO / "configs" / "models" / name, args.dataset, bundle, args.warmup, args.steps)
+        print(f"{name}: {' '.join(f'{t:.2f}' for t in results[name][0])} s/step", flush=True)
+    if args.official:
+        results["official"] = bench_official(args.official, ds, args.warmup, args.steps)
+        print(f"official: {' '.join(f'{t:.2f}' for t in results['official'][0])} s/step", flush=True)
+
+    base = None
+    if "official" in results:
+        t, n, _ = results["official"]
+        base = statistics.median(t) * n
+    print(f"\n{args.dataset}, {args.threads} thread(s), median of {args.steps} steps after {args.warmup} warm-up (shared machine: indicative)\n")
+    print("| variant | precision | median s/step | steps/epoch | est. s/epoch | official s/epoch / this |")
     print("|---|---|---|---|---|---|")
-    for r in results:
-        med = float(np.median(r["train_s"]))
-        mrr = ", ".join(f"{100 * m:.2f}" for m in r["valid_mrr"])
-        ev, speedup = float(np.median(r["eval_s"])), OFFICIAL_SECONDS_PER_EPOCH / med
-        print(f"| {r['variant']} | {med:.1f} | {ev:.1f} | {r['peak_rss_mib']:.0f} | {mrr} | {speedup:.1f}x |")
+    for name, (t, n, prec) in results.items():
+        med = statistics.median(t)
+        ratio = f"{base / (med * n):.2f}x" if base else "-"
+        print(f"| {name} | {prec} | {med:.2f} | {n} | {med * n:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

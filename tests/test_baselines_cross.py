@@ -10,13 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from tiny_data import make_tiny_dataset
 
 from llmemf.config import load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.models.c2dsr import build_item_graph
 from llmemf.models.mifn import build_knowledge_graph
 from llmemf.training.trainer import train
 
@@ -70,86 +68,48 @@ def test_c2dsr_samples_only_where_a_domain_is_larger_than_k(tiny_dir):
 
     bundle = DataBundle(Dataset.load(tiny_dir), max_len=10)
     batch = next(bundle.train.iter_batches(16, shuffle=False))
-    smallest = min(hi - lo for lo, hi in (bundle.domain_range(0), bundle.domain_range(1)))
+    largest = max(hi - lo for lo, hi in (bundle.domain_range(0), bundle.domain_range(1)))
     losses = {}
-    for k in (0, smallest, smallest - 1):
+    for k in (0, largest, largest - 1):
         torch.manual_seed(0)
         model = build_model("c2dsr", {"hidden": 16, "dropout": 0.0, "train_negatives": k}, bundle)
         torch.manual_seed(1)  # the same corrupted sequences for every k
         losses[k] = model.loss(batch).item()
-    assert losses[smallest] == losses[0]  # k covers the domain: the exact full softmax
-    assert losses[smallest - 1] != losses[0]
+    assert losses[largest] == losses[0]  # k covers both domains: the exact full softmax
+    assert losses[largest - 1] != losses[0]  # the larger domain samples
 
 
 def test_c2dsr_corrected_sampled_softmax_estimates_the_full_one(tiny_dir):
-    """With each negative weighted n_domain / k, the sampled cross-entropy is a consistent estimate
-    of the full softmax's; without the weight it measures a partition function k / n_domain too
-    small (here k = 40 n_domain: far too large)."""
+    """With each negative weighted n_domain / k, the sampled cross-entropy (target + negatives + the
+    padding class) is a consistent estimate of the full softmax's; without the weight it measures a
+    partition function k / n_domain too small (here k = 40 n_domain: far too large)."""
     from llmemf.models.base import build_model
-    from llmemf.models.layers import domain_cross_entropy
 
     bundle = DataBundle(Dataset.load(tiny_dir), max_len=10)
     torch.manual_seed(0)
     model = build_model("c2dsr", {"hidden": 16}, bundle)
     with torch.no_grad():
-        model.out_w.mul_(8.0)  # spread the logits so that the partition function is not flat
-        h = torch.randn(64, 16)
-        t = torch.cat([torch.randint(lo, hi, (32,)) for lo, hi in model.domain_ranges])
-        full, _ = domain_cross_entropy(model._logits, h, t, model.domain_ranges, model.pad_id)
+        for head in (model.lin_x, model.lin_y):
+            head.weight.mul_(8.0)  # spread the logits so that the partition function is not flat
+        h = torch.randn(32, 16)
+        pad_logit = torch.randn(32)
         k = 40 * max(hi - lo for lo, hi in model.domain_ranges)
-        model.config.train_negatives = k
-        corrected = model._sampled_ce(h, t)
-        model.config.sampled_correction = False
-        uncorrected = model._sampled_ce(h, t)
-    assert abs(corrected / full - 1) < 0.03, (float(corrected), float(full))
-    assert uncorrected > 1.15 * full
-    # Popularity-proportional negatives, weighted 1 / (k q): the same estimate.
-    pop = build_model("c2dsr", {"hidden": 16, "negative_sampler": "popularity", "train_negatives": k}, bundle)
-    pop.load_state_dict(model.state_dict())
-    assert not torch.allclose(pop.neg_q[0], model.neg_q[0])
-    with torch.no_grad():
-        pop_loss = pop._sampled_ce(h, t)
-    assert abs(pop_loss / full - 1) < 0.03, (float(pop_loss), float(full))
-
-
-def test_c2dsr_graph_hand_made():
-    # Items 0, 1 are X; 2, 3 are Y. Consecutive pairs: 0-1, 1-3, 1-0 (repeat), 2-2 (self, dropped).
-    mixed, single = build_item_graph([[0, 1, 3], [1, 0], [2, 2]], n_items=4, boundary=2)
-    m, s = mixed.toarray(), single.toarray()
-    deg = np.array([2, 3, 1, 2])  # with self-loops
-    a = np.eye(4) + np.array([[0, 1, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
-    np.testing.assert_allclose(m, a / np.sqrt(np.outer(deg, deg)), rtol=1e-6)
-    # The single-domain graph drops the cross-domain edge 1-3.
-    a2 = np.eye(4) + np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
-    deg2 = a2.sum(1)
-    np.testing.assert_allclose(s, a2 / np.sqrt(np.outer(deg2, deg2)), rtol=1e-6)
-
-
-def test_c2dsr_receptive_field_matches_full_graph(tiny_dataset):
-    """The per-batch GNN (batch rows + neighbourhood only) equals a GNN over the whole table."""
-    from llmemf.models.base import build_model
-
-    torch.manual_seed(0)
-    bundle = DataBundle(tiny_dataset, max_len=10)
-    model = build_model("c2dsr", {"hidden": 16, "gnn_layers": 2}, bundle).eval()
-    batch = next(bundle.train.iter_batches(8))
-    mixed, single, (local,) = model.item_tables(batch.xy)
-    e = model.item.weight[: model.n_items]
-    adj = torch.from_numpy(model.adj_mixed.toarray())
-    h = e
-    for layer in model.gnn_xy:
-        h = F.leaky_relu(layer.lin(adj @ h), 0.1)
-    full = torch.cat([h + e, torch.zeros(1, 16)]) * 16**0.5
-    torch.testing.assert_close(mixed[local], full[batch.xy], rtol=1e-4, atol=1e-5)
-    # Single-domain view: X rows through the X GNN, Y rows through the Y GNN, block-diagonal graph.
-    adj_s = torch.from_numpy(model.adj_single.toarray())
-    h = e
-    is_x = (torch.arange(model.n_items) < model.n_x)[:, None]
-    for lx, ly in zip(model.gnn_x, model.gnn_y, strict=True):
-        agg = adj_s @ h
-        h = F.leaky_relu(torch.where(is_x, lx.lin(agg), ly.lin(agg)), 0.1)
-    full_s = torch.cat([h + e, torch.zeros(1, 16)]) * 16**0.5
-    torch.testing.assert_close(single[local], full_s[batch.xy], rtol=1e-4, atol=1e-5)
+        for d, (lo, hi) in enumerate(model.domain_ranges):
+            t = torch.randint(0, hi - lo, (32,))
+            model.config.sampled_correction = True
+            full = model._nll(d, h, pad_logit, t)
+            corrected = model._sampled_nll(d, h, pad_logit, t, k)
+            model.config.sampled_correction = False
+            uncorrected = model._sampled_nll(d, h, pad_logit, t, k)
+            assert abs(corrected / full - 1) < 0.03, (float(corrected), float(full))
+            assert uncorrected > 1.15 * full
+        # Popularity-proportional negatives, weighted 1 / (k q): the same estimate.
+        pop = build_model("c2dsr", {"hidden": 16, "negative_sampler": "popularity"}, bundle)
+        pop.load_state_dict(model.state_dict())
+        assert not torch.allclose(pop.neg_q[0], model.neg_q[0])
+        t = torch.randint(0, model.n_x, (32,))
+        full = model._nll(0, h, pad_logit, t)
+        assert abs(pop._sampled_nll(0, h, pad_logit, t, k) / full - 1) < 0.03
 
 
 def test_mifn_knowledge_graph_hand_made():

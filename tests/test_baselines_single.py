@@ -16,7 +16,7 @@ from llmemf.data.batching import Batch, DataBundle
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
 from llmemf.models.base import NO_USER, build_model
 from llmemf.models.itemknn import cooccurrence
-from llmemf.training.trainer import train
+from llmemf.training.trainer import make_optimizer, train
 
 
 def make_dataset(sequences: dict[str, list[int]], n_x: int, n_y: int) -> Dataset:
@@ -238,6 +238,8 @@ def test_sasrec_block_is_the_official_layout(tiny_bundle):
         torch.testing.assert_close(model.encode(seq), out)
         batch = Batch(user=torch.zeros(1, dtype=torch.long), xy=seq, x=seq, y=seq)
         torch.testing.assert_close(model.scores(batch, 1)[0], out[0, -1] @ model.item.weight[30:70].T)
+    # kang205/SASRec's optimiser: Adam with beta2 0.98, which the shared trainer takes from the model
+    assert make_optimizer(model, load_config(None, ["model.name=sasrec"]).train).param_groups[0]["betas"] == (0.9, 0.98)
 
 
 def test_lr_step_decay_is_a_function_of_the_epoch(tmp_path, one_thread):

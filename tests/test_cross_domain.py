@@ -77,15 +77,7 @@ def test_tf_gru_cell_is_tensorflows():
     torch.testing.assert_close(cell(x, h), u * h + (1 - u) * c)
 
 
-# Tri-CDR as it stands before its rebuild (issue 13 item 2, another change) moves a user's scores by ~8e-4 when the batch
-# adds left padding; the rebuild is to make this pass and drop the mark.
-PADDING_KNOWN_BAD = {"tricdr"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason="depends on left padding until its rebuild")) if n in PADDING_KNOWN_BAD else n for n in REGISTRY],
-)
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_scores_do_not_depend_on_the_batch(name, tiny_bundle):
     """A user scored alone (the batch is as wide as their history) and inside a batch with the longest
     row (so left padding is added to theirs) gets the same scores, in both domains."""

@@ -218,12 +218,24 @@ def train(
     dataset: Path | None = typer.Option(None, "--dataset", "-d"),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore an existing last.pt instead of resuming"),
+    nproc: int = typer.Option(0, "--nproc", help="train on N processes of this machine (runs torchrun; see docs/distributed.md)"),
+    nnodes: int = typer.Option(1, "--nnodes", help="with --nproc: machines in the job (run this command on each)"),
+    rdzv_endpoint: str = typer.Option("", "--rdzv-endpoint", help="with --nnodes > 1: HOST:PORT of the first node, the same everywhere"),
+    rdzv_timeout: float = typer.Option(300.0, "--rdzv-timeout", help="seconds to wait for every node to join"),
     overrides: list[str] = typer.Argument(None, help="key=value config overrides, e.g. train.lr=3e-4 model.hidden=128"),
 ) -> None:
     """Train one model; resumes from RUN_DIR/last.pt if present. Prints the per-domain test tables."""
     from llmemf.config import RunConfig, load_config
-    from llmemf.training.trainer import train as run_training
+    from llmemf.distributed import env_world, teardown
+    from llmemf.experiments.runner import train_stages
 
+    if nproc:
+        from llmemf.training.launch import torchrun_train
+
+        args = [f"--{k}={v}" for k, v in (("config", config), ("model", model), ("dataset", dataset), ("out", out)) if v is not None]
+        rc = torchrun_train(nproc, [*args, *(["--fresh"] if fresh else []), *(overrides or [])], nnodes, rdzv_endpoint, rdzv_timeout)
+        raise typer.Exit(rc)
+    world = env_world()
     ov = list(overrides or [])
     if model:
         ov.append(f"model.name={model}")
@@ -234,8 +246,13 @@ def train(
     cfg = load_config(config, ov)
     if out is None and not any(o.startswith("out=") for o in ov) and cfg.out == RunConfig.out:
         cfg.out = f"runs/{Path(cfg.dataset).name}/{cfg.model_name}"  # unless the YAML names a run directory
-    typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}")
-    result = run_training(cfg, resume=not fresh, log=typer.echo)
+    if world.is_main:
+        typer.echo(f"training {cfg.model_name} on {cfg.dataset} -> {cfg.out}" + (f" on {world.size} processes" if world.distributed else ""))
+    # a model's pre-training stage first (Tri-CDR)
+    result = train_stages(cfg, resume=not fresh, log=typer.echo if world.is_main else (lambda _: None))
+    teardown()
+    if not world.is_main:
+        return
     trained = f"best epoch {result.best_epoch}" if result.best_epoch > 0 else "closed-form model (no training epochs)"
     typer.echo(f"\n{trained}; run directory {result.run_dir}\n")
     typer.echo(result.table(cfg.model_name))
@@ -246,9 +263,10 @@ def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory or a .pt file inside one"),
     split: str = typer.Option("test", help="valid | test"),
     protocol: list[str] = typer.Option(["c2dsr", "full"], help="c2dsr and/or full"),
-    dataset: Path | None = typer.Option(None, help="evaluate on another dataset directory with the same items"),
+    dataset: Path | None = typer.Option(None, help="the dataset at another path (its content hash must be the run's)"),
 ) -> None:
     """Evaluate a trained model and print the per-domain tables."""
+    from llmemf.distributed import setup, teardown
     from llmemf.evaluation.protocols import PROTOCOLS, format_table
     from llmemf.experiments.commands import check_run
     from llmemf.training.trainer import evaluate_all, load_run
@@ -260,7 +278,10 @@ def evaluate(
     check_run(checkpoint)
     cfg, bundle, model = load_run(checkpoint, dataset=str(dataset) if dataset else None)
     cfg.eval.protocols = list(protocol)
-    for res in evaluate_all(model, cfg, bundle, split).values():
+    world, cfg.device = setup(cfg.device)  # under torchrun: every rank scores its share of the users
+    results = evaluate_all(model.to(cfg.device), cfg, bundle, split, world)
+    teardown()
+    for res in results.values() if world.is_main else ():
         typer.echo(format_table([(cfg.model_name, res)]) + "\n")
 
 

@@ -116,11 +116,12 @@ class SplitTensors:
             target_domain=take(self.target_domain),
         )
 
-    def iter_batches(
+    def batch_rows(
         self, batch_size: int, shuffle: bool = False, seed: int = 0, by_length: bool = False, rows: np.ndarray | None = None
-    ) -> Iterator[Batch]:
-        """Batches in order, or shuffled from ``seed``. ``by_length`` groups rows of similar length
-        into a batch (then shuffles the batches), which cuts the padding the encoders compute on."""
+    ) -> list[np.ndarray]:
+        """The row indices of each batch, in order, or shuffled from ``seed``. ``by_length`` groups rows
+        of similar length into a batch (then shuffles the batches), which cuts the padding the encoders
+        compute on. A function of its arguments only: every rank of a distributed run computes the same list."""
         idx = np.arange(len(self)) if rows is None else np.asarray(rows)
         rng = np.random.default_rng(seed)
         if shuffle:
@@ -130,7 +131,13 @@ class SplitTensors:
         chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
         if shuffle and by_length:
             chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        for chunk in chunks:
+        return chunks
+
+    def iter_batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, by_length: bool = False, rows: np.ndarray | None = None
+    ) -> Iterator[Batch]:
+        """The batches of ``batch_rows``."""
+        for chunk in self.batch_rows(batch_size, shuffle, seed, by_length, rows):
             yield self.batch(chunk)
 
 

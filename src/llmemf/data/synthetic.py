@@ -49,8 +49,9 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from llmemf.data.dataset import Dataset, DomainInfo, Manifest, atomic_write_bytes, atomic_write_table, make_items_frame, split_history_target
+from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
 from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes, atomic_write_table
 
 DOMAINS = ("Apparel", "Home")
 CATEGORIES = (

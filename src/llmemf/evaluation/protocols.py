@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from llmemf.data.batching import DataBundle
+from llmemf.distributed import SINGLE, World
 from llmemf.evaluation.metrics import METRIC_NAMES, ranking_metrics
 
 PROTOCOLS = ("c2dsr", "full")
@@ -107,20 +108,26 @@ class Evaluator:
                 self.candidates[d] = np.concatenate([data.target[rows, None], neg + lo], axis=1)
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, device: str = "cpu", autocast_bf16: bool = False) -> EvalResult:
+    def evaluate(self, model: torch.nn.Module, device: str = "cpu", autocast_bf16: bool = False, world: World = SINGLE) -> EvalResult:
+        """Rank every user's target. Distributed: rank r scores batches r, r + size, ... of the
+        one-process batching (the same rows in the same batches, so the same scores), then every
+        rank gathers all ranks' per-user ranks and computes the metrics of the whole split."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
         data = self.bundle.splits[self.split]
-        metrics, counts, all_ranks = {}, {}, {}
+        device_type = torch.device(device).type
+        mine: dict[int, list[tuple[int, np.ndarray]]] = {}
         for d, rows in self.rows_by_domain.items():
             name = self.bundle.dataset.domain_names[d]
             lo, _ = self.bundle.domain_range(d)
-            ranks = []
-            for i in range(0, len(rows), self.batch_size):
+            mine[d] = []
+            for k, i in enumerate(range(0, len(rows), self.batch_size)):
+                if k % world.size != world.rank:
+                    continue
                 sel = rows[i : i + self.batch_size]
                 batch = data.batch(sel).to(device)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16 and device == "cpu"):
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16 and device_type in ("cpu", "cuda")):
                     if self.protocol == "c2dsr":
                         cand = torch.from_numpy(self.candidates[d][i : i + self.batch_size]).to(device)
                         scores = model.scores(batch, d, cand).float()
@@ -130,7 +137,12 @@ class Evaluator:
                         r = rank_full(scores, batch.target - lo, self.ties)
                 if torch.isnan(scores).any():
                     raise FloatingPointError(f"{type(model).__name__} produced NaN scores on {self.split}/{name}")
-                ranks.append(r.cpu().numpy())
+                mine[d].append((k, r.cpu().numpy()))
+        gathered = world.all_gather(mine) if world.distributed else [mine]
+        metrics, counts, all_ranks = {}, {}, {}
+        for d in self.rows_by_domain:
+            name = self.bundle.dataset.domain_names[d]
+            ranks = [r for _, r in sorted((kr for part in gathered for kr in part[d]), key=lambda kr: kr[0])]
             ranks_arr = np.concatenate(ranks) if ranks else np.zeros(0)
             metrics[name] = ranking_metrics(ranks_arr)
             counts[name] = len(ranks_arr)

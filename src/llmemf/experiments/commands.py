@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from llmemf.data.dataset import atomic_write_bytes
 from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
 from llmemf.reporting.tables import PAPER_COLUMNS, cost_rows, load_results, mean_std_rows, paper_rows, to_csv, to_markdown
 
 
@@ -103,11 +103,14 @@ def register(app: typer.Typer) -> None:
         estimate_only: bool = typer.Option(False, "--estimate-only", help="with --spec: print the estimated compute hours and stop"),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
+        fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
+        nproc: int = typer.Option(0, "--nproc", help="train each model on N processes of this machine (runs torchrun; docs/distributed.md)"),
         overrides: list[str] = typer.Argument(
             None, help="key=value overrides for every model (train.epochs=20); NAME.key=value for model NAME only (llmemf.model.beta=1.0)"
         ),
     ) -> None:
         """Train and evaluate several models under one protocol; print the paper's tables 2-3 layout."""
+        from llmemf.distributed import env_world, teardown
         from llmemf.experiments.runner import compare as run_compare
         from llmemf.experiments.runner import compare_configs
 
@@ -115,6 +118,12 @@ def register(app: typer.Typer) -> None:
             return _compare_spec(spec, list(overrides or []), estimate_only)
         if dataset is None:
             raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
+        if nproc:
+            from llmemf.training.launch import torchrun_train
+
+            args = [f"--dataset={dataset}", f"--models={models}", *([f"--out={out}"] if out else []), *(["--fresh"] if fresh else [])]
+            raise typer.Exit(torchrun_train(nproc, [*args, *(overrides or [])], module=("llmemf.cli", "compare")))
+        world = env_world()  # under torchrun: all ranks train each model in turn, rank 0 writes and prints
         out = out or Path("runs") / dataset.name / "compare"
         t0 = time.perf_counter()
         names = [m.strip() for m in models.split(",") if m.strip()]
@@ -125,7 +134,10 @@ def register(app: typer.Typer) -> None:
         except UserError as e:  # an unknown model, or a model-specific field given to every model
             hint = "prefix a field with a model name to give it to that model only, e.g. llmemf.model.beta=1.0"
             raise UserError(f"{e.one_line()} ({hint})") from None
-        results = run_compare(configs, log=typer.echo)
+        results = run_compare(configs, log=typer.echo if world.is_main else (lambda _: None), fresh=fresh)
+        teardown()
+        if not world.is_main:
+            return
         typer.echo("\n" + _write_tables(out, "table", results))
         header, rows = cost_rows({name: (out / name, res) for name, res in results.items()})
         cost = to_markdown(header, rows, "(cost of each run over all its resumes; wall = fit + training + per-epoch validation + final evaluation)")

@@ -6,6 +6,7 @@ an interrupted sweep resumes: finished runs are reused, the one in progress resu
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from pathlib import Path
 from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.models.base import check_model_params
+from llmemf.distributed import setup
+from llmemf.errors import UserError
+from llmemf.models.base import check_model_params, model_class
 from llmemf.reporting.tables import load_results
 from llmemf.training.trainer import matches_stored_experiment, train
 
@@ -44,16 +47,67 @@ def run_config(model: str, dataset: str | Path, out: str | Path, overrides: list
     return load_config(model_config_file(model), [f"model.name={model}", f"dataset={dataset}", f"out={out}", *(overrides or [])])
 
 
-def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None]) -> dict:
-    """Train unless the run directory already holds results for this exact config."""
+def training_stages(cfg: RunConfig) -> list[RunConfig]:
+    """The runs that train ``cfg``, in order: ``[cfg]``, or, for a model that names a run which must
+    precede it (``Model.pretraining_stage(params)``: Tri-CDR's SASRec pre-training), that run in
+    OUT/pretrain and then ``cfg`` with ``model.init_from=OUT/pretrain``. Both go through the one trainer."""
+    stage = getattr(model_class(cfg.model_name), "pretraining_stage", None)
+    over = stage(cfg.model_params) if stage else None
+    if not over:
+        return [cfg]
+    pre = copy.deepcopy(cfg)
+    pre.out = str(Path(cfg.out) / "pretrain")
+    pre.model = {**cfg.model, **over.get("model", {})}
+    for key, value in over.get("train", {}).items():
+        setattr(pre.train, key, value)
+    main = copy.deepcopy(cfg)
+    main.model = {**cfg.model, "init_from": pre.out}
+    return [pre, main]
+
+
+def train_stages(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print):
+    """Train every stage of ``cfg`` (training_stages); an earlier stage whose results match is reused.
+    Returns the last stage's TrainResult."""
+    *before, last = training_stages(cfg)
+    if before and bundle is None:
+        bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
+    for stage in before:
+        out = Path(stage.out)
+        data_hash = bundle.dataset.manifest.content_hash
+        if resume and (out / "results.json").exists() and matches_stored_experiment(out, stage, dataset_hash=data_hash):
+            log(f"reusing the {stage.model_name} pre-training run {out}")
+            continue
+        log(f"pre-training stage -> {out}")
+        train(stage, bundle, resume=resume, log=log)
+    return train(last, bundle, resume=resume, log=log)
+
+
+def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None], fresh: bool = False) -> dict:
+    """Train (every stage, see training_stages) unless the run directory already holds results for this
+    exact config on this data (DatasetMismatch when the config matches but the data changed); ``fresh``:
+    retrain from epoch 0."""
     out = Path(cfg.out)
-    if (out / "results.json").exists() and matches_stored_experiment(out, cfg):
+    final = training_stages(cfg)[-1]
+    world, _ = setup(cfg.device)  # under torchrun: rank 0 reads the run directory, every rank trains
+    reuse: bool | Exception = False
+    if world.is_main:
+        try:
+            data_hash = bundle.dataset.manifest.content_hash
+            reuse = not fresh and (out / "results.json").exists() and matches_stored_experiment(out, final, dataset_hash=data_hash)
+        except UserError as e:
+            if not world.distributed:
+                raise
+            reuse = e
+    reuse = world.broadcast(reuse)
+    if isinstance(reuse, Exception):
+        raise reuse
+    if reuse:
         log(f"  reusing {out}")
-        return load_results(out)
-    t0 = time.perf_counter()
-    train(cfg, bundle, log=lambda s: log("  " + s))
-    log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
-    return load_results(out)
+    else:
+        t0 = time.perf_counter()
+        train_stages(cfg, bundle, resume=not fresh, log=lambda s: log("  " + s))
+        log(f"  {cfg.model_name} -> {out} ({time.perf_counter() - t0:.0f}s)")
+    return world.broadcast(load_results(out) if world.is_main else None)
 
 
 def route_overrides(models: list[str], overrides: list[str]) -> dict[str, list[str]]:
@@ -80,7 +134,7 @@ def compare_configs(dataset: Path, models: list[str], out: Path, overrides: list
     return configs
 
 
-def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print) -> dict[str, dict]:
+def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print, fresh: bool = False) -> dict[str, dict]:
     data = Dataset.load(next(iter(configs.values())).dataset)
     bundles: dict[int, DataBundle] = {}  # one per max_len (a per-model override may change it)
     results = {}
@@ -88,7 +142,7 @@ def compare(configs: dict[str, RunConfig], log: Callable[[str], None] = print) -
         log(f"[{name}]")
         if cfg.max_len not in bundles:
             bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
-        results[name] = run_or_reuse(cfg, bundles[cfg.max_len], log)
+        results[name] = run_or_reuse(cfg, bundles[cfg.max_len], log, fresh)
     return results
 
 

@@ -34,8 +34,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llmemf.config import RunConfig, config_to_yaml
-from llmemf.data.dataset import atomic_write_bytes
 from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
 
@@ -411,7 +411,7 @@ def time_steps(cfg: RunConfig, bundle, n_steps: int = 5) -> tuple[float, int]:
     fit_s = time.perf_counter() - t0
     if not model.trainable:
         return fit_s, 1
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg.train)
     bf16 = train_in_bf16(cfg, model)
     model.train()
     times = []

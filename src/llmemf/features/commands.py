@@ -172,5 +172,10 @@ def register(app: typer.Typer) -> None:
         if batch_size < 1 or lit_epochs < 1:
             raise UserError("--batch-size and --lit-epochs must be at least 1")
         cfg.lit.epochs = lit_epochs
-        res = run_embed(dataset, cfg, log=typer.echo)
-        typer.echo(res.summary())
+        from llmemf.distributed import setup, teardown
+
+        world, _ = setup("cpu")  # under torchrun: each rank encodes its share of the items, rank 0 writes the files
+        res = run_embed(dataset, cfg, log=typer.echo if world.is_main else (lambda _: None), world=world)
+        teardown()
+        if world.is_main:
+            typer.echo(res.summary())

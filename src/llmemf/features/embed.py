@@ -15,7 +15,6 @@ differs from the one in its manifest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmemf.data.dataset import atomic_write_bytes
+from llmemf.distributed import SINGLE, World
 from llmemf.features.encoders import (
     ClipEncoder,
     ClipSpec,
@@ -49,6 +48,7 @@ from llmemf.features.store import (
     read_feature_manifest,
     save_feature,
 )
+from llmemf.io import atomic_torch_save, atomic_write_bytes
 
 FEATURES = ("img", "txt_title", "txt_llm")
 
@@ -172,20 +172,32 @@ def _pick_bf16(cfg: EmbedConfig, fn, log, what: str, n_rows: int) -> tuple[bool,
     return use, {"bf16": use, "bf16_choice": "auto", "batch_ms_fp32": round(t32 * 1e3, 1), "batch_ms_bf16": round(t16 * 1e3, 1)}
 
 
-def _encode_texts(enc, texts: list[str | None], cfg: EmbedConfig, log, timings: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def _encode_texts(enc, texts: list[str | None], cfg: EmbedConfig, log, timings: dict, world: World = SINGLE) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Distributed (torchrun): rank r encodes every size-th text from r, rank 0 gathers the matrix
+    (the other ranks get None) and its precision choice is everyone's."""
     mask = np.array([t is not None for t in texts], dtype=bool)
     present = [t for t in texts if t is not None]
     if not present:
         return np.zeros((len(texts), enc.dim), np.float32), mask, {}
     bs = cfg.batch_size * 4  # text forward passes are cheap per row
     probe = present[: min(len(present), 64)]
-    use_bf16, notes = _pick_bf16(cfg, lambda b: enc.encode_texts(probe, batch_size=bs, bf16=b), log, "text encoder", len(present))
+    picked = _pick_bf16(cfg, lambda b: enc.encode_texts(probe, batch_size=bs, bf16=b), log, "text encoder", len(present)) if world.is_main else None
+    use_bf16, notes = world.broadcast(picked)
     t0 = time.perf_counter()
-    emb, extra = enc.encode_texts(present, batch_size=bs, bf16=use_bf16)
+    mine = present[world.rank :: world.size]
+    emb, extra = enc.encode_texts(mine, batch_size=bs, bf16=use_bf16) if mine else (None, {})
     timings["forward_text"] = timings.get("forward_text", 0.0) + time.perf_counter() - t0
-    out = np.zeros((len(texts), emb.shape[1]), np.float32)
-    out[mask] = emb
-    notes.update(extra)
+    parts = world.gather((emb, extra))
+    if parts is None:
+        return None, mask, notes
+    dim = next(e for e, _ in parts if e is not None).shape[1]
+    out = np.zeros((len(texts), dim), np.float32)
+    rows = np.nonzero(mask)[0]
+    for r, (e, x) in enumerate(parts):
+        if e is not None:
+            out[rows[r :: len(parts)]] = e
+        # counts add up over the ranks' shares; settings (context length, ...) are the same everywhere
+        notes.update({k: notes.get(k, 0) + v if k in ("chunked_texts", "chunks", "truncated_texts") else v for k, v in x.items()})
     return out, mask, notes
 
 
@@ -198,9 +210,12 @@ def _image_inputs(dataset_root: Path, items) -> tuple[list[Path | None], list[st
     return [p if s is not None else None for p, s in zip(paths, shas, strict=True)], shas
 
 
-def _encode_images_batched(paths, size: int, forward, cfg: EmbedConfig, dim: int, timings: dict, desc: str) -> tuple[np.ndarray, np.ndarray]:
+def _encode_images_batched(
+    paths, size: int, forward, cfg: EmbedConfig, dim: int, timings: dict, desc: str, world: World = SINGLE
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode + preprocess batches in threads, one forward pass per batch; the next batch is decoded
-    while the current one runs through the model (PIL releases the GIL), so decoding hides behind it."""
+    while the current one runs through the model (PIL releases the GIL), so decoding hides behind it.
+    Distributed: rank r does every size-th image from r; rank 0 gathers the result (None elsewhere)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -208,7 +223,7 @@ def _encode_images_batched(paths, size: int, forward, cfg: EmbedConfig, dim: int
     n = len(paths)
     out = np.zeros((n, dim), np.float32)
     ok_all = np.zeros(n, dtype=bool)
-    todo = [i for i, p in enumerate(paths) if p is not None]
+    todo = [i for i, p in enumerate(paths) if p is not None][world.rank :: world.size]
     starts = range(0, len(todo), cfg.batch_size)
 
     def decode(s: int) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -228,10 +243,19 @@ def _encode_images_batched(paths, size: int, forward, cfg: EmbedConfig, dim: int
                 ok_all[good] = True
             timings["preprocess_img"] = timings.get("preprocess_img", 0.0) + t1 - t0
             timings["forward_img"] = timings.get("forward_img", 0.0) + time.perf_counter() - t1
+    if not world.distributed:
+        return out, ok_all
+    parts = world.gather((todo, out[todo], ok_all[todo]))
+    if parts is None:
+        return None, None
+    for idx, values, ok in parts:
+        out[idx], ok_all[idx] = values, ok
     return out, ok_all
 
 
-def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callable[[str], None] = print) -> EmbedResult:
+def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callable[[str], None] = print, world: World = SINGLE) -> EmbedResult:
+    """Under torchrun (``world``), every rank encodes its share of the texts and CLIP images and rank 0
+    writes each feature file; the offline image encoder (small) is fitted and applied by rank 0 alone."""
     from llmemf.data.dataset import Dataset
 
     cfg = cfg or EmbedConfig()
@@ -248,9 +272,9 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
         raise FeatureError(f"--features: unknown {sorted(unknown)} (choose from {', '.join(FEATURES)})")
 
     def up_to_date(name: str, source_hash: str) -> bool:
-        m = read_feature_manifest(root, name)
+        m = read_feature_manifest(root, name) if world.is_main else None
         same_data = m is not None and m.dataset_hash == ds.manifest.content_hash and m.inputs_hash == inputs_hash(ds.items, FEATURE_INPUTS[name])
-        return (not cfg.force) and m is not None and m.source_hash == source_hash and m.n_items == n and same_data
+        return world.broadcast((not cfg.force) and m is not None and m.source_hash == source_hash and m.n_items == n and same_data)
 
     def write(name: str, enc_name: str, weights: str, values: np.ndarray, mask: np.ndarray, source_hash: str, notes: dict) -> None:
         t0 = time.perf_counter()
@@ -273,7 +297,9 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
         t0 = time.perf_counter()
         enc = encs.text()
         timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t0
-        values, mask, notes = _encode_texts(enc, texts[name], cfg, log, timings)
+        values, mask, notes = _encode_texts(enc, texts[name], cfg, log, timings, world)
+        if not world.is_main:
+            continue
         if name == "txt_llm":
             notes["items_with_llm_text"] = int(texts["_n_llm"])
             notes["text"] = "title + LLM text (title alone where an item has no LLM text)"
@@ -292,14 +318,14 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
         paths, shas = _image_inputs(root, ds.items)
         n_no_image = sum(s is None for s in shas)
         if cfg.clip_model:
-            _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log)
-        else:
+            _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log, world)
+        elif world.is_main:
             _embed_images_lit(root, cfg, encs, paths, shas, n_no_image, texts, title_emb, up_to_date, write, res, log)
     res.seconds = time.perf_counter() - t_start
     return res
 
 
-def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log) -> None:
+def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log, world: World = SINGLE) -> None:
     h = _sha("clip-img", cfg.clip_model, cfg.clip_pretrained, _weights_files_sha(cfg.clip_model, cfg.clip_pretrained), shas)
     if up_to_date("img", h):
         res.up_to_date.append("img")
@@ -313,8 +339,13 @@ def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, wri
     if first is not None:
         probe, _ = load_images([first] * min(cfg.batch_size, 16), clip.image_size, cfg.io_threads)
         n_imgs = sum(p is not None for p in paths)
-        use_bf16, notes = _pick_bf16(cfg, lambda b: clip.encode_images(torch.from_numpy(probe), bf16=b), log, "image encoder", n_imgs)
-    values, ok = _encode_images_batched(paths, clip.image_size, lambda x: clip.encode_images(x, bf16=use_bf16), cfg, clip.dim, res.timings, "img")
+        timed = lambda b: clip.encode_images(torch.from_numpy(probe), bf16=b)  # noqa: E731
+        picked = _pick_bf16(cfg, timed, log, "image encoder", n_imgs) if world.is_main else None
+        use_bf16, notes = world.broadcast(picked)
+    forward = lambda x: clip.encode_images(x, bf16=use_bf16)  # noqa: E731
+    values, ok = _encode_images_batched(paths, clip.image_size, forward, cfg, clip.dim, res.timings, "img", world)
+    if not world.is_main:
+        return
     n_corrupt = int(sum(p is not None for p in paths) - ok.sum())
     notes.update({"missing_images": n_no_image, "corrupt_images": n_corrupt, "image_size": clip.image_size})
     notes["preprocess"] = "PIL bicubic resize + center crop + CLIP mean/std"
@@ -357,9 +388,7 @@ def _embed_images_lit(root, cfg, encs, paths, shas, n_no_image, texts, title_emb
         )
         model, stats = train_lit(x[pairs], values[pairs], cfg.lit, log)
         enc_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)  # a plain state_dict: loads with weights_only=True
-        atomic_write_bytes(ckpt, buf.getvalue())
+        atomic_torch_save(model.state_dict(), ckpt)  # a plain state_dict: loads with weights_only=True
         atomic_write_bytes(stats_file, json.dumps(stats, indent=2).encode())
         log(
             f"  img: offline encoder trained in {stats['train_seconds']}s; held-out image->title retrieval "

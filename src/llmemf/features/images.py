@@ -209,7 +209,7 @@ async def _download_all(jobs: list[tuple[int, str]], index: ImageIndex, cfg: Ima
                     name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
                     path = index.root / name
                     if not path.exists():  # content-addressed: the same bytes are stored once
-                        from llmemf.data.dataset import atomic_write_bytes
+                        from llmemf.io import atomic_write_bytes
 
                         atomic_write_bytes(path, data)
                     index.put(url, name, len(data), ctype)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmemf.data.dataset import atomic_write_bytes
 from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
 
 # The item columns each conventional feature is computed from (inputs_hash covers them).
 FEATURE_INPUTS = {"img": ("image",), "txt_title": ("title",), "txt_llm": ("title", "llm_text")}

@@ -25,6 +25,8 @@ from llmemf.data.batching import Batch, DataBundle
 class Recommender(nn.Module):
     Config: ClassVar[type]  # the model's config dataclass
     trainable: ClassVar[bool] = True  # False: fit() is all the training it needs
+    # Adam's betas as the model's reference code sets them (the trainer's optimiser reads this).
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     prefers_bf16: ClassVar[bool] = False  # train.bf16 unset: train in bf16 autocast where the CPU has native bf16
     reference: ClassVar[str] = ""  # paper reference, for `llmemf models`
     summary: ClassVar[str] = ""  # one line

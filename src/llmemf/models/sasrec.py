@@ -86,6 +86,7 @@ class SASRec(MergedSequenceModel):
     Config = SASRecConfig
     reference = "Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018 (authors' code)"
     summary = "causal self-attention over the merged sequence, dot-product next-item scores"
+    adam_betas = (0.9, 0.98)  # official model.py: tf.train.AdamOptimizer(learning_rate=args.lr, beta2=0.98)
 
     def __init__(self, config: SASRecConfig, bundle: DataBundle):
         super().__init__(config, bundle)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from llmemf.data.dataset import atomic_write_bytes
 from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
 from llmemf.reporting.ranks import RANKS_FILE, load_ranks
 from llmemf.reporting.significance import paired_comparison
 from llmemf.reporting.tables import PAPER_COLUMNS, mean_std_rows, run_seconds, to_csv, to_markdown

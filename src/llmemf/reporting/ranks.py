@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from llmemf.data.batching import DataBundle
-from llmemf.data.dataset import atomic_write_bytes
+from llmemf.io import atomic_write_bytes
 
 RANKS_FILE = "ranks.npz"
 

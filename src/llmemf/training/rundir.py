@@ -1,0 +1,322 @@
+"""The run directory: one experiment's files, who may write them, and whether a resume is the same experiment.
+
+    config.yaml      the resolved config
+    run.json         the dataset it trains on: path and the manifest's content_hash
+    last.pt          model + optimiser + loop state after the last completed epoch (for resume)
+    last.prev.pt     the epoch before's last.pt (a hard link, no copy): resume falls back to it
+    best.pt          model state_dict of the best validation epoch
+    *.pt.sha256      size and sha256 of each checkpoint, written after it: a damaged checkpoint is detected
+    metrics.jsonl    one JSON line per epoch (loss, validation metrics, seconds)
+    results.json     final validation and test metrics under every protocol, timings, memory
+    .train.lock      held (flock) by the one process training here
+
+Every write is atomic (llmemf.io). In a distributed run only rank 0 opens a RunDir.
+
+Identity: a run directory belongs to one experiment (its config, up to how it executes) on one
+dataset (its content hash). Resuming, reusing finished results (compare) and loading the model for
+evaluation or serving all refuse a dataset whose content hash differs from the recorded one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmemf.config import RunConfig, config_to_yaml, load_config
+from llmemf.errors import UserError
+from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
+from llmemf.models.base import check_model_params
+
+
+def load_checkpoint(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class DatasetMismatch(UserError):
+    """The dataset's content hash differs from the one a run directory recorded."""
+
+
+class CheckpointDamaged(UserError):
+    """A checkpoint does not match its recorded size and sha256, or does not load."""
+
+
+def dataset_hash_of(dataset: str | Path) -> str:
+    """The content_hash in ``dataset``/manifest.json ("" when it cannot be read: Dataset.load reports that)."""
+    try:
+        return str(json.loads((Path(dataset) / "manifest.json").read_text()).get("content_hash", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def recorded_dataset_hash(run_dir: Path) -> str:
+    """The content hash ``run_dir/run.json`` recorded ("" for run directories older than run.json)."""
+    try:
+        return str(json.loads((Path(run_dir) / "run.json").read_text()).get("dataset_content_hash", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def check_dataset(run_dir: Path, dataset: str | Path, current: str, way_out: str) -> None:
+    """DatasetMismatch unless ``current`` is the hash ``run_dir`` recorded (or either is unknown)."""
+    stored = recorded_dataset_hash(run_dir)
+    if stored and current and stored != current:
+        raise DatasetMismatch(
+            f"{run_dir} was trained on dataset content hash {stored}, but {dataset} has content hash {current} "
+            f"(the data changed, or it is another dataset): {way_out}"
+        )
+
+
+def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
+    """Equal configs up to how they execute (threads, progress bar) and where the run directory
+    lives, with every model field resolved to its value (a default written out equals a default
+    left out): a sweep resumed with more threads, after a model gained a field, or given a finished
+    run directory copied in from elsewhere, reuses its finished runs. ``longer``: also ignore when
+    training stops (epochs, patience, max_minutes), which is what resuming to train longer changes."""
+
+    def normalised(c: RunConfig) -> str:
+        cls = check_model_params(c.model_name, c.model_params)
+        model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
+        train = dataclasses.replace(c.train, threads=0, progress=True)
+        if longer:
+            train = dataclasses.replace(train, epochs=0, patience=0, max_minutes=0.0)
+        return config_to_yaml(dataclasses.replace(c, out="", model=model, train=train))
+
+    return normalised(a) == normalised(b)
+
+
+def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = False, dataset_hash: str | None = None) -> bool:
+    """Whether ``run_dir/config.yaml`` exists and is ``same_experiment`` as ``cfg``; a stored config
+    naming a field the model no longer has is a different experiment. The same experiment on data
+    whose content hash (``dataset_hash``, else read from cfg.dataset's manifest) differs from the
+    recorded one raises DatasetMismatch: its results are not this data's."""
+    stored = Path(run_dir) / "config.yaml"
+    if not stored.exists():
+        return False
+    try:
+        same = same_experiment(load_config(stored), cfg, longer=longer)
+    except ValueError:
+        return False
+    if same:
+        current = dataset_hash if dataset_hash is not None else dataset_hash_of(cfg.dataset)
+        check_dataset(Path(run_dir), cfg.dataset, current, "retrain it with --fresh, or pass the dataset it was trained on")
+    return same
+
+
+class RunDirConflict(UserError, RuntimeError):
+    """The run directory holds a checkpoint of a different experiment than the one asked to resume."""
+
+
+class RunDirBusy(UserError, RuntimeError):
+    """Another process is training in this run directory."""
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """An exclusive lock on a run directory for the length of a training: two processes writing
+    the same checkpoints and metrics log would interleave their epochs. Released by the OS if
+    the process dies, so a killed run never leaves a stale lock."""
+    with open(Path(run_dir) / ".train.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir} is being trained by another process; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class MetricsLog:
+    """metrics.jsonl, plus TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.tb.add_scalar(k, v, record["epoch"])
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume, drop log lines of epochs the checkpoint does not include, and a line torn by a kill
+        in the middle of its append."""
+
+        def kept(line: str) -> bool:
+            try:
+                return json.loads(line)["epoch"] <= epoch
+            except (ValueError, KeyError, TypeError):
+                return False
+
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text(errors="replace").splitlines() if line and kept(line)]
+        atomic_write_bytes(self.path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+
+
+class RunDir:
+    """One run directory. ``open`` checks and records the experiment; the loop saves through it."""
+
+    def __init__(self, path: str | Path, log=print):
+        self.path = Path(path)
+        self.log = log
+        self.config = self.path / "config.yaml"
+        self.identity = self.path / "run.json"
+        self.last = self.path / "last.pt"
+        self.prev = self.path / "last.prev.pt"
+        self.best = self.path / "best.pt"
+        self.results = self.path / "results.json"
+        self._metrics: MetricsLog | None = None
+
+    def lock(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        return run_dir_lock(self.path)
+
+    # ---- identity ----------------------------------------------------------------------------
+    def open(self, cfg: RunConfig, resume: bool, dataset_hash: str = "") -> dict | None:
+        """Check that a checkpoint here belongs to ``cfg``'s experiment on this dataset, record both, and
+        return the loop state to resume from (None: start at epoch 0). Every check runs before training."""
+        if resume and self.last.exists():
+            # Resuming under another config would continue that experiment's weights as if they were this one's.
+            if self.config.exists() and not matches_stored_experiment(self.path, cfg, longer=True, dataset_hash=""):
+                raise RunDirConflict(
+                    f"{self.path} holds a checkpoint of a different experiment ({self.config} differs from this config): "
+                    "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
+                )
+            check_dataset(self.path, cfg.dataset, dataset_hash, "start over with --fresh, or pass the dataset it was trained on")
+        state = self._resume_state() if resume and self.last.exists() else None
+        if state is None:  # a fresh start: nothing of an earlier experiment may be resumed, reused or loaded later
+            for stale in (self.last, self.prev, self.best):
+                stale.unlink(missing_ok=True)
+                _sum(stale).unlink(missing_ok=True)
+        else:
+            state = self._check_best(state)
+        # results.json describes a finished training; until this one finishes, nothing may reuse the old one.
+        self.results.unlink(missing_ok=True)
+        atomic_write_bytes(self.config, config_to_yaml(cfg).encode())
+        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
+        return state
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_last(self, state: dict) -> None:
+        """last.pt and its checksum; the previous pair stays as last.prev.pt. In every order a kill can
+        interrupt these steps, one of the two pairs matches its checksum."""
+        if self.last.exists() and _sum(self.last).exists():
+            atomic_link(self.last, self.prev)
+            atomic_link(_sum(self.last), _sum(self.prev))
+        _save_checked(state, self.last, epoch=int(state["epoch"]))
+
+    def save_best(self, model_state: dict, epoch: int) -> None:
+        _save_checked(model_state, self.best, epoch=epoch)
+
+    def has_best(self) -> bool:
+        return self.best.exists()
+
+    def load_best(self) -> dict:
+        problem, state = _load_checked(self.best)
+        if problem:
+            raise CheckpointDamaged(f"{self.best} is damaged ({problem}): retrain with --fresh")
+        return state
+
+    def _resume_state(self) -> dict:
+        problem, state = _load_checked(self.last)
+        if not problem:
+            return state
+        fallback_problem, fallback = _load_checked(self.prev) if self.prev.exists() else ("absent", None)
+        if fallback_problem:
+            raise CheckpointDamaged(
+                f"{self.last} is damaged ({problem}) and {self.prev.name} is {fallback_problem}: "
+                f"start over with --fresh, or delete {self.last} and {_sum(self.last).name} to train from epoch 0"
+            )
+        # Keep the damaged file for inspection, out of the way of the next save's last -> last.prev link.
+        self.last.replace(self.path / "last.pt.damaged")
+        _sum(self.last).unlink(missing_ok=True)
+        self.log(f"{self.last} is damaged ({problem}; kept as last.pt.damaged): resuming from {self.prev.name}, epoch {fallback['epoch']}")
+        return fallback
+
+    def _check_best(self, state: dict) -> dict:
+        """best.pt must hold the best epoch's weights before more epochs train: a damaged one is rebuilt
+        from last.pt when the best epoch is the last one, else refused; a deleted one forgets the best."""
+        if state["best_epoch"] <= 0:
+            return state
+        if not self.best.exists():
+            self.log(f"{self.best} is missing: the best epoch is chosen again among the epochs still to train")
+            return {**state, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+        problem, _ = _load_checked(self.best)
+        if not problem:
+            return state
+        if state["best_epoch"] == state["epoch"]:
+            self.log(f"{self.best} is damaged ({problem}): rebuilt from {self.last.name}, whose epoch {state['epoch']} is the best")
+            self.save_best(state["model"], state["epoch"])
+            return state
+        raise CheckpointDamaged(
+            f"{self.best} is damaged ({problem}) and the best epoch ({state['best_epoch']}) is not the last one, so its weights "
+            f"cannot be rebuilt: start over with --fresh, or delete {self.best} to resume and choose the best among the epochs still to train"
+        )
+
+    # ---- logs and results --------------------------------------------------------------------
+    @property
+    def metrics(self) -> MetricsLog:
+        if self._metrics is None:
+            self._metrics = MetricsLog(self.path)
+        return self._metrics
+
+    def write_results(self, results: dict) -> None:
+        atomic_write_json(self.results, results)
+
+
+def _sum(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _save_checked(obj: Any, path: Path, epoch: int) -> None:
+    data = atomic_torch_save(obj, path)
+    digest = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "epoch": epoch}
+    atomic_write_json(_sum(path), digest)
+
+
+def verify_checkpoint(path: Path) -> str:
+    """ "" when ``path`` matches its recorded size and sha256 (or has no record: written before records
+    were kept, and then only loading tells); else what is wrong, in a few words."""
+    path = Path(path)
+    if not path.exists():
+        return "absent"
+    try:
+        record = json.loads(_sum(path).read_text())
+    except FileNotFoundError:
+        return ""
+    except ValueError:
+        return f"its checksum file {_sum(path).name} is unreadable"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        return f"{size} bytes where {record.get('size')} were written"
+    if sha256_file(path) != record.get("sha256"):
+        return "sha256 differs from the one recorded when it was written"
+    return ""
+
+
+def _load_checked(path: Path) -> tuple[str, Any]:
+    """(problem, state): problem "" and the loaded state, or what is wrong and None."""
+    problem = verify_checkpoint(path)
+    if problem:
+        return problem, None
+    try:
+        return "", load_checkpoint(path)
+    except Exception as e:  # a torn or foreign file: torch raises a variety of errors
+        return f"does not load: {type(e).__name__}: {' '.join(str(e).split())[:120]}", None

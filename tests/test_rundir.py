@@ -1,0 +1,161 @@
+"""The run directory's identity (dataset content hash) and checkpoint integrity (size + sha256 records)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llmemf.config import load_config
+from llmemf.data.batching import DataBundle
+from llmemf.data.dataset import Dataset
+from llmemf.experiments.runner import run_or_reuse
+from llmemf.io import sha256_file
+from llmemf.training.trainer import CheckpointDamaged, DatasetMismatch, RunDir, load_run, matches_stored_experiment, train
+
+quiet = lambda *_: None  # noqa: E731
+
+
+def _cfg(ds_root, out, *extra):
+    return load_config(
+        None,
+        [f"dataset={ds_root}", f"out={out}", "train.progress=false", "model.name=sasrec", "model.hidden=16", "max_len=10", "eval.n_negatives=50"]
+        + list(extra),
+    )
+
+
+def _regenerate_in_place(root, make_tiny, seed=7):
+    """The same path, the same sizes, other data (what re-running an importer with other options does)."""
+    make_tiny(seed=seed).save(root)
+    return Dataset.load(root)
+
+
+def _damage(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_the_run_directory_records_the_dataset_hash(tiny_dataset, tiny_bundle, tmp_path):
+    train(_cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=1"), tiny_bundle, log=quiet)
+    h = tiny_dataset.manifest.content_hash
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["dataset_content_hash"] == h
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["dataset_content_hash"] == h
+
+
+def test_resume_refuses_a_dataset_regenerated_in_place(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    old = tiny_dataset.manifest.content_hash
+    new_ds = _regenerate_in_place(tiny_dataset.root, make_tiny)
+    new = new_ds.manifest.content_hash
+    assert old != new
+    log_before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(DatasetMismatch) as e:
+        train(_cfg(tiny_dataset.root, run, "train.epochs=2"), DataBundle(new_ds, 10), log=quiet)
+    msg = e.value.one_line()
+    assert old in msg and new in msg and "--fresh" in msg and "\n" not in str(e.value)
+    assert (run / "metrics.jsonl").read_text() == log_before  # nothing trained
+    # --fresh starts over on the new data and records its hash
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), DataBundle(new_ds, 10), resume=False, log=quiet)
+    assert json.loads((run / "run.json").read_text())["dataset_content_hash"] == new
+
+
+def test_compare_does_not_reuse_results_of_other_data(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
+    cfg = _cfg(tiny_dataset.root, tmp_path / "pop", "model.name=pop")
+    cfg.model = {"name": "pop"}
+    run_or_reuse(cfg, tiny_bundle, quiet)
+    assert matches_stored_experiment(tmp_path / "pop", cfg)  # same data: reused
+    new_ds = _regenerate_in_place(tiny_dataset.root, make_tiny)
+    with pytest.raises(DatasetMismatch, match=new_ds.manifest.content_hash):
+        run_or_reuse(cfg, DataBundle(new_ds, 10), quiet)
+    fresh = run_or_reuse(cfg, DataBundle(new_ds, 10), quiet, fresh=True)
+    assert fresh["dataset_content_hash"] == new_ds.manifest.content_hash
+
+
+def test_evaluate_refuses_another_dataset_and_accepts_a_copy(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
+    train(_cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=1"), tiny_bundle, log=quiet)
+    copy = shutil.copytree(tiny_dataset.root, tmp_path / "copy")
+    cfg, _, _ = load_run(tmp_path / "r", dataset=str(copy))  # the same data elsewhere is fine
+    assert cfg.dataset == str(copy)
+    other = tmp_path / "other"
+    make_tiny(seed=5).save(other)  # same sizes, other items and sequences
+    with pytest.raises(DatasetMismatch, match="the dataset it was trained on"):
+        load_run(tmp_path / "r", dataset=str(other))
+
+
+def test_checkpoints_have_size_and_sha256_records(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    for name in ("last.pt", "best.pt", "last.prev.pt"):
+        rec = json.loads((run / f"{name}.sha256").read_text())
+        assert rec["size"] == (run / name).stat().st_size and rec["sha256"] == sha256_file(run / name)
+    assert torch.load(run / "last.prev.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2", "train.lr=0.01"), tiny_bundle, log=quiet)
+    _damage(run / "last.pt")
+    lines = []
+    res = train(_cfg(tiny_dataset.root, run, "train.epochs=3", "train.lr=0.01"), tiny_bundle, log=lines.append)
+    assert any("last.pt is damaged" in s and "resuming from last.prev.pt, epoch 1" in s for s in lines), lines
+    assert len(res.epoch_seconds) == 3  # epoch 1 from the fallback, epochs 2 and 3 trained again
+    assert [json.loads(s)["epoch"] for s in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (run / "last.pt.damaged").exists()
+
+
+def test_a_damaged_last_checkpoint_without_a_fallback_says_what_to_do(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    _damage(run / "last.pt")
+    with pytest.raises(CheckpointDamaged) as e:
+        train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    assert "--fresh" in str(e.value) and "sha256" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_damaged_best_checkpoint_is_refused_before_any_epoch_trains(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    # lr=0: epoch 1 stays the best, so best.pt is not the last epoch's weights
+    cfg = _cfg(tiny_dataset.root, run, "train.epochs=2", "train.lr=0.0", "train.patience=10")
+    assert train(cfg, tiny_bundle, log=quiet).best_epoch == 1
+    _damage(run / "best.pt")
+    log_before, last_before = (run / "metrics.jsonl").read_text(), (run / "last.pt").read_bytes()
+    with pytest.raises(CheckpointDamaged, match="delete .*best.pt to resume"):
+        train(_cfg(tiny_dataset.root, run, "train.epochs=3", "train.lr=0.0", "train.patience=10"), tiny_bundle, log=quiet)
+    assert (run / "metrics.jsonl").read_text() == log_before and (run / "last.pt").read_bytes() == last_before
+    with pytest.raises(CheckpointDamaged):
+        load_run(run, bundle=tiny_bundle)
+
+
+def test_a_damaged_best_checkpoint_of_the_last_epoch_is_rebuilt(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    _damage(run / "best.pt")
+    lines = []
+    res = train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=lines.append)
+    assert any("rebuilt from last.pt" in s for s in lines) and res.best_epoch >= 1
+    load_run(run, bundle=tiny_bundle)  # intact again
+
+
+def test_a_fresh_start_leaves_nothing_of_the_old_experiment_to_resume_or_reuse(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    other = _cfg(tiny_dataset.root, run, "train.epochs=2", "train.lr=0.01")
+    run_dir = RunDir(run, log=quiet)
+    assert run_dir.open(other, resume=False, dataset_hash=tiny_dataset.manifest.content_hash) is None
+    # as if killed before its first epoch ended: the new config must not pick up the old checkpoint or results
+    assert not any((run / n).exists() for n in ("last.pt", "last.prev.pt", "best.pt", "results.json"))
+    assert matches_stored_experiment(run, other)  # config.yaml is the new experiment's, with no results to reuse yet
+
+
+def test_a_metrics_line_torn_by_a_kill_does_not_block_the_resume(tiny_dataset, tiny_bundle, tmp_path):
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "loss": 4.1')  # killed while appending epoch 2's line, before its last.pt
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    assert [json.loads(s)["epoch"] for s in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
