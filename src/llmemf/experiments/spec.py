@@ -415,7 +415,10 @@ def time_steps(cfg: RunConfig, bundle, n_steps: int = 5) -> tuple[float, int]:
     bf16 = train_in_bf16(cfg, model)
     model.train()
     times = []
-    batches = bundle.train.iter_batches(cfg.train.batch_size, shuffle=True, seed=cfg.seed, by_length=False)
+    # by_length as the trainer batches; passes repeat when an epoch has fewer batches than n_steps + 1
+    batches = itertools.chain.from_iterable(
+        bundle.train.iter_batches(cfg.train.batch_size, shuffle=True, seed=cfg.seed + k, by_length=cfg.train.by_length) for k in itertools.count()
+    )
     for i, batch in zip(range(n_steps + 1), batches, strict=False):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -433,13 +436,14 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
     (an upper bound on training: early stopping ends most runs sooner; per-epoch validation not included)."""
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
+    from llmemf.experiments.runner import training_stages
 
     data = Dataset.load(spec.dataset)
     bundles: dict[int, Any] = {}
     counts = count_runs(spec)
-    header = ["row", "model", "step s (median)", "steps/epoch", "epoch cap", "runs", "finished", "hours (cap)", "hours left"]
+    header = ["row", "model", "stages", "step s (median, last stage)", "steps/epoch", "epoch cap", "runs", "finished", "hours (cap)", "hours left"]
     rows, total = [], 0.0
-    per_model: dict[tuple, tuple[float, int]] = {}
+    per_model: dict[str, tuple[float, int, float]] = {}  # normalised config -> (step s, steps, seconds per run)
     configs = {}  # every row's config first: a bad key fails before anything is timed
     for row in spec.rows:
         grid, _ = row_search(spec, row, run_overrides) if not spec.reuse_selection else (None, None)
@@ -448,30 +452,39 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
             if grid
             else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row, run_overrides)).config(spec)
         )
+    run_seconds: dict[str, float] = {}
     for row in spec.rows:
         cfg = configs[row.label]
         if cfg.max_len not in bundles:
             bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
-        key = (_normalised(dataclasses.replace(cfg, seed=0, out="")),)
-        if key not in per_model:
-            per_model[key] = time_steps(cfg, bundles[cfg.max_len], n_steps)
-            log(f"  timed {row.label}: {per_model[key][0]:.3f}s per step")
-        step_s, steps = per_model[key]
-        epochs = spec.epochs if _trainable(row.model) else 1
+        # A model with a pre-training stage (Tri-CDR) costs both; the last stage is timed from scratch
+        # (its init_from run does not exist yet), which costs the same per step.
+        stages = [*training_stages(cfg)[:-1], cfg]
+        seconds = 0.0
+        for stage in stages:
+            key = _normalised(dataclasses.replace(stage, seed=0, out=""))
+            if key not in per_model:
+                step_s, steps = time_steps(stage, bundles[cfg.max_len], n_steps)
+                per_model[key] = (step_s, steps, step_s * steps * (stage.train.epochs if _trainable(stage.model_name) else 1))
+                log(f"  timed {row.label}{' (' + stage.model_name + ' stage)' if stage is not cfg else ''}: {step_s:.3f}s per step")
+            seconds += per_model[key][2]
+        step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
+        run_seconds[row.label] = seconds
         n = counts[row.label]
         finished = sum(1 for _ in (Path(spec.out) / slug(row.label)).glob("*/seed*/results.json"))
-        hours = step_s * steps * epochs * n / 3600
-        left = step_s * steps * epochs * max(n - finished, 0) / 3600
+        left = seconds * max(n - finished, 0) / 3600
         total += left
-        rows.append([row.label, row.model, f"{step_s:.4f}", str(steps), str(epochs), str(n), str(finished), hours, left])
+        epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
+        rows.append([row.label, row.model, str(len(stages)), f"{step_s:.4f}", str(steps), epochs, str(n), str(finished), seconds * n / 3600, left])
     for extra in ("ablation", "sensitivity"):
         if extra in counts:
             base = spec.row(getattr(spec, extra).base)
-            match = [r for r in rows if r[0] == base.label][0]
-            step_s = float(match[2])
-            hours = step_s * int(match[3]) * spec.epochs * counts[extra] / 3600
+            match = next(r for r in rows if r[0] == base.label)
+            seconds = run_seconds[base.label]
             finished = sum(1 for _ in (Path(spec.out) / extra).rglob("results.json"))
-            left = step_s * int(match[3]) * spec.epochs * max(counts[extra] - finished, 0) / 3600
+            left = seconds * max(counts[extra] - finished, 0) / 3600
             total += left
-            rows.append([extra, base.model, match[2], match[3], str(spec.epochs), str(counts[extra]), str(finished), hours, left])
+            rows.append(
+                [extra, base.model, match[2], match[3], match[4], match[5], str(counts[extra]), str(finished), seconds * counts[extra] / 3600, left]
+            )
     return header, rows, total
