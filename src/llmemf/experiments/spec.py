@@ -302,7 +302,11 @@ def run_spec(
             log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
             done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)
         plan.append({**dataclasses.asdict(p), "selected": False})
+        write_plan()  # after every run: an interrupted spec's finished runs can be collected and reported
         return done[key][0]
+
+    def write_plan() -> None:
+        atomic_write_bytes(out / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())
 
     def best(runs: list[tuple[PlannedRun, dict]]) -> PlannedRun:
         protocol = _select_protocol(spec, runs[0][0])
@@ -339,6 +343,7 @@ def run_spec(
                 sel = best(runs)
         selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
         _mark_selected(plan, sel.run)
+        write_plan()
         for seed in spec.seeds_of(row)[1:]:
             q = dataclasses.replace(sel, kind="seed", seed=seed, run=f"{slug(row.label)}/{point_slug(sel.point)}/seed{seed}")
             q.overrides = [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)]
@@ -367,7 +372,7 @@ def run_spec(
                 point = {**sel_point, axis: v}
                 ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
                 execute(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, f"sensitivity/{slug(axis)}/{point_slug({axis: v})}", ov))
-    atomic_write_bytes(out / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())
+    write_plan()
     return plan
 
 
