@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from tiny_data import make_tiny_dataset
 
@@ -25,11 +27,13 @@ def test_trained_run_keeps_ranks_that_match_its_metrics_and_flags_cold_targets(t
     cfg = load_config(None, ["model.name=pop", f"dataset={tmp_path / 'data'}", f"out={tmp_path / 'run'}", "eval.n_negatives=20"])
     result = train(cfg, log=lambda s: None)
     ranks = load_ranks(tmp_path / "run")
-    assert set(ranks) == {(s, p, d) for s in ("valid", "test") for p in ("c2dsr", "full") for d in ("X", "Y")}
+    assert set(ranks) == {("test", p, d) for p in ("c2dsr", "full") for d in ("X", "Y")}
     x = ranks[("test", "full", "X")]
     assert np.array_equal(x["ranks"], result.test["full"].ranks["X"])
     assert np.isclose(np.mean(1 / x["ranks"]), result.test["full"].metrics["X"]["MRR"])
-    users = Dataset.load(tmp_path / "data").splits["test"]["user"].astype(str).to_numpy()
-    assert set(users[rows]) <= set(x["users"]) and x["users"].dtype.kind == "U"
+    test = Dataset.load(tmp_path / "data").splits["test"]
+    x_users = test["user"].astype(str).to_numpy()[test["target_domain"].to_numpy() == 0]
+    assert str(x["users_sha"]) == hashlib.sha256("\n".join(x_users).encode()).hexdigest()
+    assert ranks[("test", "c2dsr", "X")]["users_sha"] == x["users_sha"] != ranks[("test", "full", "Y")]["users_sha"]
     assert np.array_equal(x["cold"], x["targets"] == 5) and x["cold"].sum() >= 3
     assert not ranks[("test", "full", "Y")]["cold"].any()

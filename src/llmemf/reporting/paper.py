@@ -126,9 +126,9 @@ def _mean_rr(c: Collected, runs: list[str], protocol: str, domain: str) -> tuple
         return None
     parts = [x[("test", protocol, domain)] for x in loaded]
     for p in parts[1:]:
-        if not (np.array_equal(p["users"], parts[0]["users"]) and np.array_equal(p["targets"], parts[0]["targets"])):
+        if not (p["users_sha"] == parts[0]["users_sha"] and np.array_equal(p["targets"], parts[0]["targets"])):
             raise UserError(f"{c.root}: runs {runs} ranked different test users; were they trained on one dataset?")
-    return parts[0]["users"], np.mean([1.0 / p["ranks"] for p in parts], axis=0), parts[0]["cold"]
+    return parts[0]["users_sha"], np.mean([1.0 / p["ranks"] for p in parts], axis=0), parts[0]["cold"]
 
 
 def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str], list[list]]:
@@ -149,7 +149,7 @@ def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str
         if a is None or b is None:
             out.append([d, "", best, 100 * mrr[best], "", "no ranks.npz", "", ""])
             continue
-        if not np.array_equal(a[0], b[0]):
+        if a[0] != b[0]:
             raise UserError(f"{c.root}: {ours} and {best} ranked different test users")
         pc = paired_comparison(1.0 / a[1], 1.0 / b[1])
         ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"

@@ -1,13 +1,14 @@
-"""Per-user ranks of a finished run on disk (``ranks.npz``), for paired significance and warm/cold splits.
+"""Per-user test ranks of a finished run on disk (``ranks.npz``), for paired significance and warm/cold splits.
 
 ``EvalResult.ranks`` holds each evaluated user's 1-based target rank per domain, in the order of the
 evaluator's rows (the split's rows whose target lies in that domain). This module writes them next
-to results.json with what makes them comparable across runs and readable without the dataset:
+to results.json, small enough to keep in the repository (results/), with what makes them
+comparable across runs and readable without the dataset:
 
-    <split>__<protocol>__<domain>__users    user ids as in the dataset (str)
-    <split>__<protocol>__<domain>__targets  global target item ids (int64)
-    <split>__<protocol>__<domain>__ranks    1-based ranks (float64: ties may count half)
-    <split>__<protocol>__<domain>__cold     target never occurs in the training split (bool)
+    <split>__<domain>__users_sha        sha256 of the user ids in row order (two runs pair up iff equal)
+    <split>__<domain>__targets          global target item ids (int32)
+    <split>__<domain>__cold             target never occurs in the training split (bool)
+    <split>__<protocol>__<domain>__ranks 1-based ranks (float32: exact for integers and halves below 2^23)
 
 Two runs of one dataset and protocol rank the same users' targets against the same candidates
 (the c2dsr negatives are drawn once from eval.seed), so their rank arrays pair up user by user.
@@ -15,6 +16,7 @@ Two runs of one dataset and protocol rank the same users' targets against the sa
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -38,19 +40,18 @@ def save_ranks(run_dir: str | Path, results: dict[str, dict], bundle: DataBundle
     arrays: dict[str, np.ndarray] = {}
     for split, by_protocol in results.items():
         data = bundle.splits[split]
-        users = np.asarray(bundle.dataset.splits[split]["user"].astype(str).to_numpy(), dtype=str)
-        for protocol, res in by_protocol.items():
-            for d, name in enumerate(bundle.dataset.domain_names):
-                rows = np.nonzero(data.target_domain == d)[0]  # the evaluator's row order
-                ranks = np.asarray(res.ranks.get(name, np.zeros(0)), dtype=np.float64)
+        users = bundle.dataset.splits[split]["user"].astype(str).to_numpy()
+        for d, name in enumerate(bundle.dataset.domain_names):
+            rows = np.nonzero(data.target_domain == d)[0]  # the evaluator's row order
+            targets = data.target[rows]
+            arrays[f"{split}__{name}__users_sha"] = np.array(hashlib.sha256("\n".join(users[rows]).encode()).hexdigest())
+            arrays[f"{split}__{name}__targets"] = targets.astype(np.int32)
+            arrays[f"{split}__{name}__cold"] = ~np.isin(targets, warm)
+            for protocol, res in by_protocol.items():
+                ranks = np.asarray(res.ranks.get(name, np.zeros(0)), dtype=np.float32)
                 if len(ranks) != len(rows):
                     raise ValueError(f"{split}/{protocol}/{name}: {len(ranks)} ranks for {len(rows)} users")
-                key = f"{split}__{protocol}__{name}"
-                targets = data.target[rows]
-                arrays[f"{key}__users"] = users[rows]
-                arrays[f"{key}__targets"] = targets
-                arrays[f"{key}__ranks"] = ranks
-                arrays[f"{key}__cold"] = ~np.isin(targets, warm)
+                arrays[f"{split}__{protocol}__{name}__ranks"] = ranks
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path = Path(run_dir) / RANKS_FILE
@@ -59,13 +60,17 @@ def save_ranks(run_dir: str | Path, results: dict[str, dict], bundle: DataBundle
 
 
 def load_ranks(run_dir: str | Path) -> dict[tuple[str, str, str], dict[str, np.ndarray]] | None:
-    """``{(split, protocol, domain): {"users", "targets", "ranks", "cold"}}``, or None without a ranks file."""
+    """``{(split, protocol, domain): {"users_sha", "targets", "cold", "ranks"}}``, or None without a ranks file."""
     path = Path(run_dir) / RANKS_FILE
     if not path.is_file():
         return None
-    out: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    shared: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    ranks: dict[tuple[str, str, str], np.ndarray] = {}
     with np.load(path, allow_pickle=False) as z:
         for key in z.files:
-            split, protocol, domain, field = key.split("__")
-            out.setdefault((split, protocol, domain), {})[field] = z[key]
-    return out
+            parts = key.split("__")
+            if len(parts) == 4:
+                ranks[tuple(parts[:3])] = z[key].astype(np.float64)
+            else:
+                shared.setdefault((parts[0], parts[1]), {})[parts[2]] = z[key]
+    return {(s, p, d): {**shared[(s, d)], "ranks": r} for (s, p, d), r in ranks.items()}

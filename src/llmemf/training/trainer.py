@@ -202,9 +202,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     epoch_seconds, eval_seconds = fitted.epoch_seconds, fitted.eval_seconds
     seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     if world.is_main:
-        save_ranks(
-            run.path, {"valid": valid, "test": test}, bundle
-        )  # per-user ranks (paired significance, warm/cold), before results.json marks the run finished
+        save_ranks(run.path, {"test": test}, bundle)  # per-user test ranks, written before results.json marks the run finished
         run.write_results(
             {
                 "model": cfg.model_name,
