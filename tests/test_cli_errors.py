@@ -44,6 +44,7 @@ BAD: dict[tuple[str, ...], list[str]] = {
     ("ablate",): ["--dataset", "{ds}", "--rows", "9", "--out", "{tmp}/ab"],
     ("tune",): ["--dataset", "{ds}", "--model", "pop", "--grid", "train.lr", "--out", "{tmp}/tune"],
     ("report",): ["{tmp}", "--out", "{tmp}/report"],
+    ("serve",): ["{run}", "--workers", "0"],
     ("recommend",): ["--checkpoint", "{run}", "--history", "0,1", "--domain", "X", "-k", "0"],
 }
 USAGE_ERRORS = {("models",)}  # rejected by click before llmemf runs: exit 2, click's own multi-line message

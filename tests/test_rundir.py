@@ -64,8 +64,7 @@ def test_resume_refuses_a_dataset_regenerated_in_place(tiny_dataset, tiny_bundle
 
 
 def test_compare_does_not_reuse_results_of_other_data(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
-    cfg = _cfg(tiny_dataset.root, tmp_path / "pop", "model.name=pop")
-    cfg.model = {"name": "pop"}
+    cfg = load_config(None, [f"dataset={tiny_dataset.root}", f"out={tmp_path / 'pop'}", "model.name=pop", "max_len=10", "eval.n_negatives=50"])
     run_or_reuse(cfg, tiny_bundle, quiet)
     assert matches_stored_experiment(tmp_path / "pop", cfg)  # same data: reused
     new_ds = _regenerate_in_place(tiny_dataset.root, make_tiny)
@@ -119,13 +118,17 @@ def test_a_damaged_last_checkpoint_without_a_fallback_says_what_to_do(tiny_datas
 
 def test_a_damaged_best_checkpoint_is_refused_before_any_epoch_trains(tiny_dataset, tiny_bundle, tmp_path):
     run = tmp_path / "r"
-    # lr=0: epoch 1 stays the best, so best.pt is not the last epoch's weights
-    cfg = _cfg(tiny_dataset.root, run, "train.epochs=2", "train.lr=0.0", "train.patience=10")
-    assert train(cfg, tiny_bundle, log=quiet).best_epoch == 1
+
+    def frozen(
+        epochs: int,
+    ):  # lr ~0 (0 itself is refused): the ranks never change, epoch 1 stays the best, so best.pt is not the last epoch's weights
+        return _cfg(tiny_dataset.root, run, f"train.epochs={epochs}", "train.patience=10", "train.lr=1e-12")
+
+    assert train(frozen(2), tiny_bundle, log=quiet).best_epoch == 1
     _damage(run / "best.pt")
     log_before, last_before = (run / "metrics.jsonl").read_text(), (run / "last.pt").read_bytes()
     with pytest.raises(CheckpointDamaged, match="delete .*best.pt to resume"):
-        train(_cfg(tiny_dataset.root, run, "train.epochs=3", "train.lr=0.0", "train.patience=10"), tiny_bundle, log=quiet)
+        train(frozen(3), tiny_bundle, log=quiet)
     assert (run / "metrics.jsonl").read_text() == log_before and (run / "last.pt").read_bytes() == last_before
     with pytest.raises(CheckpointDamaged):
         load_run(run, bundle=tiny_bundle)

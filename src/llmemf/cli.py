@@ -331,9 +331,11 @@ def _register_stage_commands() -> None:
     """Stage modules that add their own commands (their heavy imports stay inside the commands)."""
     from llmemf.experiments import commands as experiment_commands
     from llmemf.features import commands as feature_commands
+    from llmemf.serving import commands as serving_commands
 
     feature_commands.register(app)
     experiment_commands.register(app)
+    serving_commands.register(app)
 
 
 _register_stage_commands()

@@ -1,8 +1,7 @@
-"""CLI commands that run or read many runs: compare, ablate, tune, report, recommend."""
+"""CLI commands that run or read many runs: compare, ablate, tune, report."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -248,46 +247,3 @@ def register(app: typer.Typer) -> None:
         typer.echo(_write_tables(out, "table", {k: v[1] for k, v in loaded.items()}))
         png = training_curves({k: v[0] for k, v in loaded.items()}, out / "curves.png")
         typer.echo(f"\ntables: {out}/table.md, {out}/table_c2dsr.csv, {out}/table_full.csv; curves: {png}")
-
-    @app.command()
-    def recommend(
-        checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory or .pt file inside one"),
-        history: str = typer.Option(..., "--history", help="comma-separated items, oldest first: original ids (ASINs) or global ids"),
-        domain: str = typer.Option(..., "--domain", help="target domain: its name, or X / Y"),
-        k: int = typer.Option(10, "-k"),
-        include_seen: bool = typer.Option(False, help="allow items already in the history"),
-        as_json: bool = typer.Option(False, "--json"),
-        cold_id: str | None = typer.Option(
-            None, "--cold-id", help="LLM-EMF: how items never seen in training are scored: learned | neutral | content (see models/llmemf.py)"
-        ),
-    ) -> None:
-        """Top-k items of the target domain for a history, with titles and scores."""
-        from llmemf.serving.recommend import UnknownItemError, resolve_domain, resolve_items
-        from llmemf.serving.recommend import recommend as run_recommend
-        from llmemf.training.trainer import load_run
-
-        if k < 1:
-            raise UserError(f"-k {k}: must be at least 1")
-        check_run(checkpoint)
-        _, bundle, model = load_run(checkpoint)
-        if cold_id is not None:
-            from llmemf.models.llmemf import LLMEMF
-
-            try:
-                if not isinstance(model, LLMEMF):
-                    raise ValueError("--cold-id needs an LLM-EMF run")
-                model.set_cold_id(cold_id)
-            except ValueError as e:
-                raise UserError(f"--cold-id {cold_id!r}: {e}") from None
-        try:
-            items = resolve_items(bundle, history.split(","))
-            dom = resolve_domain(bundle, domain)
-        except (UnknownItemError, ValueError) as e:
-            raise UserError(e.args[0]) from None
-        recs = run_recommend(model, bundle, items, dom, k, exclude_seen=not include_seen)
-        if as_json:
-            typer.echo(json.dumps([r.__dict__ for r in recs], indent=2))
-            return
-        typer.echo(f"top {len(recs)} {bundle.dataset.domain_names[dom]} items for a history of {len(items)}:")
-        for rank, r in enumerate(recs, 1):
-            typer.echo(f"{rank:3d}. {r.original_id:>12s}  (id {r.item_id})  {r.score:8.3f}  {r.title or '(no title)'}")

@@ -345,5 +345,34 @@ class LLMEMF(Recommender):
         full = sum(seq_weight[s] * self._domain_scores({m: qm[s] for m, qm in q.items()}, lo, hi) for s in range(3))
         return full if candidates is None else full.gather(1, candidates - lo)
 
+    # ---- serving: logit fusion as one dot product per domain ---------------------------------
+    def fused_query(self, batch: Batch, domain: int) -> torch.Tensor:
+        """(B, D) query whose dot product with ``fused_keys(domain)`` is ``scores(batch, domain)`` under logit
+        fusion: the three sequences' weighted, normalised queries folded into one (scores are linear in
+        them), the frozen modalities' augmented parts first (frozen_keys' column order), then the ID part."""
+        if self.config.fusion != "logits":
+            raise ValueError("fused_query needs fusion='logits' (probability fusion is not one dot product)")
+        q = self._fused_queries(self.encode(batch, last_only=True))  # m -> (3, B, d_m)
+        seq_weight = {domain: 1.0, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}  # T, S, XY
+        mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
+        return torch.cat([self._augmented_query(m, mixed[m]) for m in self.frozen_cols] + [mixed["id"]], dim=-1)
+
+    @torch.no_grad()
+    def fused_keys(self, domain: int, cold_id: str | None = None) -> torch.Tensor:
+        """(N_d, D) float32 key matrix of ``domain``'s items for ``fused_query``, under the cold-start policy
+        ``cold_id`` (default: the config's). All three policies are linear in the keys: "content" swaps in
+        the imputed ID rows, "neutral" gives every cold item the mean warm unit ID key (so its ID score is
+        the user's mean ID score over warm items, as ``scores`` computes it)."""
+        mode = cold_id or self.config.cold_id
+        if mode not in COLD_ID_MODES or (mode == "content" and self.frozen_keys.shape[1] == 0):
+            self.set_cold_id(mode)  # raises the ValueError that names the problem
+        lo, hi = self.domain_ranges[domain]
+        table = self._content_imputed_ids() if mode == "content" else self.item_id.weight
+        ids = F.normalize(table[lo:hi].float(), dim=-1)  # (N_d, d_id)
+        warm = self.warm[lo:hi]
+        if mode == "neutral" and warm.any() and not warm.all():
+            ids = torch.where(warm[:, None], ids, ids[warm].mean(0))
+        return torch.cat([self.frozen_keys[lo:hi].float(), ids], dim=1)
+
     def describe_features(self) -> str:
         return "; ".join(f"{m} <- {info}" for m, info in self.feature_info.items()) or "id only"

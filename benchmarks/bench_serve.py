@@ -1,0 +1,367 @@
+"""Issue 17: serving latency in-process and over HTTP, and an approximate index at 1M items.
+
+    .venv/bin/python benchmarks/bench_serve.py DATASET_DIR --work SCRATCH_DIR [--sizes 100000,1000000]
+        [--requests 1000] [--threads 1] [--http-requests 1000] [--http-seconds 60] [--skip-http] [--skip-ann]
+
+Nothing is trained: latency does not depend on the weights, so every model is LLM-EMF at its real
+size (d_id 256, 2 blocks; img 512-d and txt 384-d frozen features, random unit vectors where the
+dataset has none: said in the output), randomly initialised, written as a run directory (config.yaml
++ best.pt) under --work and loaded with ServedModel.load, the code path of `llmemf serve`.
+
+1. In-process: ``ServedModel.recommend`` (resolve, batch, encoders, one matmul against the domain's
+   precomputed fused keys, top-k 10, response objects) per request, p50 / p99 over --requests
+   requests, each a test-split history of DATASET_DIR (target domain as given) or of the synthetic
+   catalogue (domain X). Baseline in the same run: the generic path every other model takes,
+   ``model.scores`` (which re-normalises the ID keys per call).
+   Synthetic catalogues: N items per domain, 2,000 users with random histories; at 100k the full
+   model, at 1M ID-only keys (d 256) to bound memory (1M x 1154 fp32 keys would be 4.6 GB a domain).
+2. HTTP: `llmemf serve RUN --threads T` in a subprocess on 127.0.0.1, and a bounded async httpx
+   loop (each request times out after 10 s; each level stops at --http-requests or --http-seconds)
+   at concurrency 1 and 16: client-side latency p50 / p99 and completed requests per second. The load
+   generator shares the machine's cores with the server.
+3. 1M items: faiss IVF-Flat (inner product, nlist 1024, nprobe 16 / 64) over the ID keys vs exact
+   torch scoring: p99 per single query, build time, recall@10 against exact. The synthetic ID
+   vectors are drawn around 2,000 cluster centres with noise as large as the centres (cosine ~0.5
+   within a cluster): learned embeddings cluster, uniformly random ones are the hardest case for any
+   index, so this is the recall of clustered keys, not of a trained model's.
+
+The machine may be shared: the script prints the load average at start and end next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmemf.config import config_to_yaml, load_config
+from llmemf.data.batching import DataBundle
+from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
+from llmemf.features.store import Feature, FeatureManifest, list_features, save_feature
+from llmemf.models.base import build_model
+from llmemf.serving.recommend import RecommendRequest, ServedModel
+
+FEATURES = {"img": 512, "txt_llm": 384}  # CLIP ViT-B/32 and all-MiniLM-L6-v2 widths
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def add_random_features(root: Path, seed: int) -> list[str]:
+    """Random unit features where the dataset lacks img / txt_llm (speed only); returns the names written."""
+    ds = Dataset.load(root)
+    have = set(list_features(root))
+    rng = np.random.default_rng(seed)
+    written = []
+    for name, dim in FEATURES.items():
+        if name in have:
+            continue
+        values = rng.standard_normal((ds.n_items, dim), dtype=np.float32)
+        manifest = FeatureManifest(name=name, encoder="random-bench", weights="none", dim=dim, n_items=ds.n_items, dtype="float32")
+        save_feature(root, Feature(manifest, values, np.ones(ds.n_items, dtype=bool)))
+        written.append(name)
+    return written
+
+
+def synthetic_dataset(root: Path, n: int, seed: int, n_users: int = 2000) -> Path:
+    """N items per domain, users with random histories of 6..15 items from both domains (leave-one-out)."""
+    if (root / "manifest.json").exists():
+        return root
+    rng = np.random.default_rng(seed)
+    items = make_items_frame([n, n], [f"S{i:08d}" for i in range(2 * n)])
+    items["title"] = [f"synthetic item {i}" for i in range(2 * n)]
+    rows = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        seq = [int(x) for x in rng.integers(0, 2 * n, int(rng.integers(8, 18)))]
+        seq[-1] = int(rng.integers(0, n))  # the test target is an X item
+        ts = list(range(len(seq)))
+        rows["train"].append({"user": f"u{u}", "items": seq[:-2], "timestamps": ts[:-2]})
+        for split, end in (("valid", -1), ("test", None)):
+            s, t = (seq[:end], ts[:end]) if end else (seq, ts)
+            hist, hts, target, tts = split_history_target(s, t)
+            rows[split].append(
+                {"user": f"u{u}", "items": hist, "timestamps": hts, "target": target, "target_domain": int(target >= n), "target_timestamp": tts}
+            )
+    manifest = Manifest(name=f"synthetic-{n}", domains=[DomainInfo("X", n, 0), DomainInfo("Y", n, n)], source="bench_serve")
+    Dataset(manifest=manifest, items=items, splits={k: pd.DataFrame(v) for k, v in rows.items()}).save(root)
+    return root
+
+
+def write_run(dataset: Path, out: Path, seed: int, modalities: list[str], cluster_ids: bool = False) -> Path:
+    """A randomly initialised LLM-EMF of the real size saved as a run directory (config.yaml + best.pt)."""
+    if (out / "best.pt").exists():
+        return out
+    cfg = load_config(None, [f"dataset={dataset}", f"out={out}", "model.name=llmemf", f"seed={seed}", f"model.modalities=[{','.join(modalities)}]"])
+    torch.manual_seed(seed)
+    model = build_model("llmemf", cfg.model_params, DataBundle(Dataset.load(dataset), cfg.max_len))
+    if cluster_ids:
+        w = model.item_id.weight.data
+        gen = torch.Generator().manual_seed(seed)
+        centres = torch.randn(2000, w.shape[1], generator=gen)
+        w.copy_(centres[torch.randint(0, 2000, (w.shape[0],), generator=gen)] + torch.randn(w.shape, generator=gen))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_to_yaml(cfg))
+    torch.save(model.state_dict(), out / "best.pt")
+    return out
+
+
+def requests_of(dataset: Path, n: int, domain: str | None) -> list[RecommendRequest]:
+    test = Dataset.load(dataset).splits["test"]
+    out = []
+    for i in range(n):
+        row = test.iloc[i % len(test)]
+        out.append(RecommendRequest([int(x) for x in row["items"]], domain or int(row["target_domain"]), k=10))
+    return out
+
+
+def time_requests(served: ServedModel, reqs: list[RecommendRequest]) -> list[float]:
+    for r in reqs[:10]:  # warm-up (and the keys of both domains)
+        served.recommend(r)
+    times = []
+    for r in reqs:
+        t = time.perf_counter()
+        served.recommend(r)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def in_process(label: str, served: ServedModel, reqs: list[RecommendRequest], baseline_n: int, rows: list) -> None:
+    fast = time_requests(served, reqs)
+    served.fast = False
+    slow = time_requests(served, reqs[:baseline_n])
+    served.fast = True
+    n_items = served.bundle.domain_range(1)[0]
+    d = served.keys(0, served.model.config.cold_id).shape[1]
+    rows.append((label, n_items, d, len(fast), pct(fast, 50), pct(fast, 99), len(slow), pct(slow, 50), pct(slow, 99), pct(slow, 50) / pct(fast, 50)))
+    print(f"  {label}: fused keys p50 {pct(fast, 50):.2f} ms p99 {pct(fast, 99):.2f} ms; model.scores p50 {pct(slow, 50):.2f} ms", flush=True)
+
+
+# ---- HTTP -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def load_loop(url: str, bodies: list[dict], concurrency: int, n: int, seconds: float) -> tuple[list[float], int, float]:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    counter = iter(range(n))
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
+
+        async def worker():
+            nonlocal errors
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/v1/recommend", json=bodies[i % len(bodies)])
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    lat.append(time.perf_counter() - t)
+                else:
+                    errors += 1
+
+        await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), seconds + 30)
+    return lat, errors, time.perf_counter() - t0
+
+
+def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: list) -> None:
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "llmemf.cli", "serve", str(run), "--port", str(port), "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llmemf serve exited: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("llmemf serve did not start in 600 s")
+            time.sleep(0.5)
+        bodies = [{"history": r.history, "domain": r.domain, "k": r.k} for r in reqs]
+        asyncio.run(load_loop(url, bodies, 1, 20, 60))  # warm-up
+        for c in args.concurrency:
+            lat, errors, wall = asyncio.run(load_loop(url, bodies, c, args.http_requests, args.http_seconds))
+            rows.append((label, c, len(lat), errors, pct(lat, 50), pct(lat, 99), len(lat) / wall))
+            print(
+                f"  {label} c={c}: {len(lat)} ok, {errors} errors, p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, {len(lat) / wall:.1f} req/s",
+                flush=True,
+            )
+        print(f"  server batching: {httpx.get(url + '/health').json()['batching']}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ---- approximate index ------------------------------------------------------------------------
+def ann_bench(served: ServedModel, reqs: list[RecommendRequest], threads: int, rows: list) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    key_t = served.keys(0, served.model.config.cold_id)  # (N, d) float32, unit ID keys
+    keys = key_t.numpy()
+    with torch.inference_mode():
+        queries = torch.cat([served.model.fused_query(served.history_batch([r.history]), 0) for r in reqs]).numpy()
+    qt = torch.from_numpy(queries)
+    with torch.inference_mode():
+        exact = [torch.topk(qt[i : i + 50] @ key_t.T, 10).indices.numpy() for i in range(0, len(qt), 50)]
+    exact = np.concatenate(exact)  # (n, 10) exact top-10 of every query
+    exact_t = []
+    for i in range(min(len(qt), 200)):  # single-query latency of the exact scan (the index's competitor)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            torch.topk(qt[i : i + 1] @ key_t.T, 10)
+        exact_t.append(time.perf_counter() - t)
+    rows.append((f"exact (torch matmul + topk), {len(exact_t)} queries", "-", pct(exact_t, 50), pct(exact_t, 99), 1.0))
+    t = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(keys.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, keys.shape[1], 1024, faiss.METRIC_INNER_PRODUCT)
+    sample = keys[np.random.default_rng(0).choice(len(keys), min(len(keys), 50_000), replace=False)]
+    index.train(sample)
+    index.add(keys)
+    build = time.perf_counter() - t
+    for nprobe in (16, 64):
+        index.nprobe = nprobe
+        times, hits = [], 0
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            _, idx = index.search(queries[i : i + 1], 10)
+            times.append(time.perf_counter() - t)
+            hits += len(set(idx[0].tolist()) & set(exact[i].tolist()))
+        rows.append((f"faiss IVF-Flat nlist 1024 nprobe {nprobe}", f"{build:.0f}", pct(times, 50), pct(times, 99), hits / (10 * len(queries))))
+        print(f"  IVF nprobe {nprobe}: p99 {pct(times, 99):.2f} ms recall@10 {hits / (10 * len(queries)):.3f}", flush=True)
+
+
+def table(header: tuple, rows: list, fmt: tuple) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(f.format(v) for f, v in zip(fmt, r, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path, help="a prepared dataset directory (e.g. Food-Kitchen); copied, never changed")
+    ap.add_argument("--work", type=Path, required=True, help="scratch directory for dataset copies and run directories")
+    ap.add_argument("--sizes", default="100000,1000000", help="synthetic catalogue sizes (items per domain)")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--baseline-requests", type=int, default=200, help="requests timed on the model.scores baseline")
+    ap.add_argument("--threads", type=int, default=1, help="torch / faiss threads (the server's --threads)")
+    ap.add_argument("--http-requests", type=int, default=1000, help="requests per concurrency level (at most)")
+    ap.add_argument("--http-seconds", type=float, default=60.0, help="time bound per concurrency level")
+    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--skip-ann", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"bench_serve: {args.threads} thread(s), {os.cpu_count()} cores, load average {load_avg()} at start (the machine may be shared)")
+
+    # the real dataset, copied with random features where it has none
+    real = args.work / f"ds_{args.dataset.name}"
+    if not (real / "manifest.json").exists():
+        shutil.copytree(args.dataset, real, ignore=shutil.ignore_patterns("images_store", "images", "features"))
+        if (args.dataset / "features").exists():
+            shutil.copytree(args.dataset / "features", real / "features")
+    written = add_random_features(real, args.seed)
+    if written:
+        print(f"  {real}: random unit features for {', '.join(written)} (the dataset has none; speed only)")
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    runs = {args.dataset.name: (write_run(real, args.work / f"run_{args.dataset.name}", args.seed, ["id", "img", "txt"]), real, None, False)}
+    for n in sizes:
+        root = synthetic_dataset(args.work / f"syn_{n}", n, args.seed)
+        if n <= 200_000:
+            add_random_features(root, args.seed)
+            runs[f"synthetic {n:,}"] = (write_run(root, args.work / f"run_syn_{n}", args.seed, ["id", "img", "txt"]), root, "X", False)
+        runs[f"synthetic {n:,} (ID keys only)"] = (
+            write_run(root, args.work / f"run_syn_{n}_id", args.seed, ["id"], cluster_ids=True),
+            root,
+            "X",
+            n == max(sizes),  # the approximate index on the largest catalogue
+        )
+
+    inproc, http, ann = [], [], []
+    ann_label = next((k for k, v in runs.items() if v[3]), "")
+    print("\n[1] in-process scoring (ServedModel.recommend, k=10)")
+    for label, (run, root, domain, with_ann) in runs.items():
+        served = ServedModel.load(run)
+        reqs = requests_of(root, args.requests, domain)
+        print(f"  {label}: loaded {run}, load average {load_avg()}", flush=True)
+        big = served.bundle.domain_range(1)[0] >= 500_000
+        in_process(label, served, reqs, min(args.baseline_requests, 50) if big else args.baseline_requests, inproc)
+        if not args.skip_ann and with_ann:
+            print(f"\n[3] approximate index at {label} (ID keys, clustered synthetic vectors)")
+            ann_bench(served, reqs, args.threads, ann)
+        del served
+        gc.collect()
+
+    if not args.skip_http:
+        print("\n[2] HTTP (llmemf serve on 127.0.0.1, async httpx load generator on the same machine)")
+        for label, (run, root, domain, _) in runs.items():
+            if "ID keys only" in label:
+                continue
+            reqs = requests_of(root, min(args.requests, 500), domain)
+            http_bench(label, run, reqs, args, http)
+
+    print(f"\nload average at end {load_avg()}; {args.threads} torch thread(s)\n")
+    print(
+        table(
+            ("catalogue", "items/domain", "key width", "n", "p50 ms", "p99 ms", "baseline n", "baseline p50 ms", "baseline p99 ms", "speed-up p50"),
+            inproc,
+            ("{}", "{:,}", "{}", "{}", "{:.2f}", "{:.2f}", "{}", "{:.2f}", "{:.2f}", "{:.1f}x"),
+        )
+    )
+    print("(in-process; baseline = the generic model.scores path, measured in the same run)\n")
+    if http:
+        print(
+            table(
+                ("catalogue", "concurrency", "ok", "errors", "p50 ms", "p99 ms", "req/s"),
+                http,
+                ("{}", "{}", "{}", "{}", "{:.1f}", "{:.1f}", "{:.1f}"),
+            )
+        )
+        print("(HTTP, client-side latency; client and server share the cores)\n")
+    if ann:
+        print(table((f"{ann_label}, domain X", "build s", "p50 ms", "p99 ms", "recall@10"), ann, ("{}", "{}", "{:.2f}", "{:.2f}", "{:.3f}")))
+        print("(single queries; recall@10 against exact scoring of the same keys)")
+
+
+if __name__ == "__main__":
+    main()
