@@ -133,3 +133,14 @@ def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_
     _invoke("compare", "--spec", spec, "rows=[pop]", "strongest=[]", "ablation=null", "sensitivity=null")
     _invoke("compare", "--spec", other)
     assert json.loads((tmp_path / "runs2" / "selection.json").read_text())["pop"]["point"] == {}
+
+
+def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):
+    spec = _spec(tmp_path, tiny_dataset)
+    rows = "rows=[{label: c2dsr fast, model: c2dsr, config: c2dsr_fast}]"
+    text = _invoke("compare", "--spec", spec, "--estimate-only", rows, "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    assert "| c2dsr fast | c2dsr |" in text
+    bad = CliRunner().invoke(
+        app, ["compare", "--spec", str(spec), "--estimate-only", "rows=[{label: x, model: sasrec, config: nosuch}]", "strongest=[]"]
+    )
+    assert bad.exit_code == 2 and "no configs/models/nosuch.yaml" in bad.output

@@ -48,6 +48,7 @@ class Row:
     tune: bool = True  # search the shared grid (trainable models only)
     grid: dict[str, list] = field(default_factory=dict)  # the row's own axes, searched at its selected shared point
     all_seeds: bool = False  # run every seed (LLM-EMF rows are always; `strongest` names the others)
+    config: str = ""  # a named config variant, configs/models/<config>.yaml (e.g. mifn_small); default <model>.yaml
 
 
 @dataclass
@@ -191,11 +192,17 @@ class PlannedRun:
     seed: int
     run: str  # run directory, relative to spec.out
     overrides: list[str]  # everything given to load_config after the model's config file
+    config_name: str = ""  # configs/models/<config_name>.yaml instead of <model>.yaml (a named variant)
 
     def config(self, spec: Spec) -> RunConfig:
-        from llmemf.experiments.runner import run_config
+        from llmemf.config import load_config
+        from llmemf.experiments.runner import model_config_file
 
-        return run_config(self.model, spec.dataset, Path(spec.out) / self.run, self.overrides)
+        name = self.config_name or self.model
+        path = model_config_file(name)
+        if self.config_name and path is None:
+            raise UserError(f"{spec.path}: row {self.label!r}: no configs/models/{name}.yaml")
+        return load_config(path, [f"model.name={self.model}", f"dataset={spec.dataset}", f"out={Path(spec.out) / self.run}", *self.overrides])
 
 
 def _common(spec: Spec, row: Row, run_overrides: list[str]) -> list[str]:
@@ -223,11 +230,25 @@ def row_search(spec: Spec, row: Row, run_overrides: list[str]) -> tuple[list[Pla
     base = [*_common(spec, row, run_overrides), f"seed={seed}"]
     shared = grid_product(spec.grid) if row.tune and _trainable(row.model) else [{}]
     grid = [
-        PlannedRun("grid", row.label, row.model, p, seed, f"{slug(row.label)}/{point_slug(p)}/seed{seed}", [*base, *point_overrides(p)])
+        PlannedRun(
+            "grid",
+            row.label,
+            row.model,
+            p,
+            seed,
+            f"{slug(row.label)}/{point_slug(p)}/seed{seed}",
+            [*base, *point_overrides(p)],
+            config_name=row.config,
+        )
         for p in shared
     ]
     own = (
-        [PlannedRun("own_grid", row.label, row.model, p, seed, "", [*base, *point_overrides(p)]) for p in grid_product(row.grid)] if row.grid else []
+        [
+            PlannedRun("own_grid", row.label, row.model, p, seed, "", [*base, *point_overrides(p)], config_name=row.config)
+            for p in grid_product(row.grid)
+        ]
+        if row.grid
+        else []
     )
     return grid, own
 
@@ -320,7 +341,14 @@ def run_spec(
         if spec.reuse_selection:
             point = chosen_prev[row.label]["point"]
             sel = PlannedRun(
-                "grid", row.label, row.model, point, seed0, f"{slug(row.label)}/{point_slug(point)}/seed{seed0}", [*base, *point_overrides(point)]
+                "grid",
+                row.label,
+                row.model,
+                point,
+                seed0,
+                f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
+                [*base, *point_overrides(point)],
+                config_name=row.config,
             )
             execute(sel)
         else:
@@ -338,6 +366,7 @@ def run_spec(
                         seed0,
                         f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
                         [*base, *point_overrides(point)],
+                        config_name=row.config,
                     )
                     runs.append((q, execute(q)))
                 sel = best(runs)
@@ -362,7 +391,7 @@ def run_spec(
         for label, extra in rows.items():
             for seed in ab.seeds:
                 ov = [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"]
-                execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov))
+                execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov, config_name=row.config))
     if spec.sensitivity:
         sens = spec.sensitivity
         row = spec.row(sens.base)
@@ -371,7 +400,18 @@ def run_spec(
             for v in values:
                 point = {**sel_point, axis: v}
                 ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
-                execute(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, f"sensitivity/{slug(axis)}/{point_slug({axis: v})}", ov))
+                execute(
+                    PlannedRun(
+                        "sensitivity",
+                        axis,
+                        row.model,
+                        {axis: v},
+                        sens.seed,
+                        f"sensitivity/{slug(axis)}/{point_slug({axis: v})}",
+                        ov,
+                        config_name=row.config,
+                    )
+                )
     write_plan()
     return plan
 
@@ -455,7 +495,9 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
         configs[row.label] = (
             grid[0].config(spec)
             if grid
-            else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row, run_overrides)).config(spec)
+            else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row, run_overrides), config_name=row.config).config(
+                spec
+            )
         )
     run_seconds: dict[str, float] = {}
     for row in spec.rows:
@@ -471,7 +513,7 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
             if key not in per_model:
                 step_s, steps = time_steps(stage, bundles[cfg.max_len], n_steps)
                 per_model[key] = (step_s, steps, step_s * steps * (stage.train.epochs if _trainable(stage.model_name) else 1))
-                log(f"  timed {row.label}{' (' + stage.model_name + ' stage)' if stage is not cfg else ''}: {step_s:.3f}s per step")
+                log(f"  timed {row.label}{' (pre-training stage)' if stage is not cfg else ''}: {step_s:.3f}s per step")
             seconds += per_model[key][2]
         step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
         run_seconds[row.label] = seconds
