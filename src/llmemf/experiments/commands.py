@@ -54,10 +54,52 @@ def _check_overrides(overrides: list[str]) -> None:
     load_config(None, overrides)
 
 
+def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None:
+    """`llmemf compare --spec FILE`: print the compute estimate, then run the spec resumably."""
+    from llmemf.experiments.spec import estimate, load_spec, run_spec
+
+    spec, run_overrides = load_spec(path, overrides)
+    if not Path(spec.dataset).is_dir():
+        raise UserError(f"--spec {path}: dataset {spec.dataset} is not a directory; prepare it or give dataset=DIR")
+    typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
+    header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
+    note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
+    text = to_markdown(header, rows, note)
+    typer.echo("\n" + text + f"\n\nestimated compute left: {hours:.2f} h")
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "estimate.md", (text + f"\n\nestimated compute left: {hours:.2f} h\n").encode())
+    if estimate_only:
+        return
+    t0 = time.perf_counter()
+    plan = run_spec(spec, run_overrides, log=typer.echo)
+    typer.echo(f"\n{len(plan)} runs in {out} ({time.perf_counter() - t0:.0f}s this invocation); selection in {out}/selection.json")
+    typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
+
+
+def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, overrides: list[str]) -> None:
+    from llmemf.experiments.spec import load_spec
+    from llmemf.reporting.paper import build_report
+    from llmemf.reporting.paper import collect as collect_runs
+
+    specs = [load_spec(p, overrides)[0] for p in paths]
+    if collect:
+        for s in specs:
+            n = collect_runs(Path(s.out), results / s.scenario)
+            typer.echo(f"{s.title}: {n} finished runs collected from {s.out} into {results / s.scenario}")
+    commands = ["llmemf report " + " ".join(f"--spec {p}" for p in paths)]
+    path = build_report(specs, results, doc, commands, log=typer.echo)
+    typer.echo(f"wrote {path}; CSVs in " + ", ".join(str(results / s.scenario / "tables") for s in specs))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
-        dataset: Path = typer.Option(..., "--dataset", "-d"),
+        dataset: Path | None = typer.Option(None, "--dataset", "-d"),
+        spec: Path | None = typer.Option(
+            None, "--spec", help="an experiment spec (experiments/*.yaml): key=value then overrides its fields or every run"
+        ),
+        estimate_only: bool = typer.Option(False, "--estimate-only", help="with --spec: print the estimated compute hours and stop"),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
         fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
@@ -71,6 +113,10 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare as run_compare
         from llmemf.experiments.runner import compare_configs
 
+        if spec is not None:
+            return _compare_spec(spec, list(overrides or []), estimate_only)
+        if dataset is None:
+            raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
         if nproc:
             from llmemf.training.launch import torchrun_train
 
@@ -175,12 +221,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        runs: list[Path] = typer.Argument(..., help="run directories (each with results.json)"),
+        runs: list[Path] = typer.Argument(None, help="run directories (each with results.json)"),
         out: Path = typer.Option(Path("runs/report"), "--out", "-o"),
+        spec: list[Path] = typer.Option(None, "--spec", help="experiment spec(s): write --doc from results/<scenario>/ (repeat for several)"),
+        collect: bool = typer.Option(False, "--collect", help="with --spec: first copy each finished run's small files into results/<scenario>/"),
+        results: Path = typer.Option(Path("results"), "--results", help="with --spec: where collected runs live"),
+        doc: Path = typer.Option(Path("docs/results.md"), "--doc", help="with --spec: the Markdown report"),
+        overrides: list[str] = typer.Option(None, "--set", help="with --spec: key=value for the spec (out=DIR, dataset=DIR)"),
     ) -> None:
-        """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs."""
+        """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs;
+        with --spec, docs/results.md: tables 2-4, significance, warm/cold targets, figure 5."""
         from llmemf.reporting.plots import training_curves
 
+        if spec:
+            return _report_spec(list(spec), collect, results, doc, list(overrides or []))
+        if not runs:
+            raise UserError("report: give run directories, or --spec FILE")
         loaded = {}
         for run in runs:
             if not (run / "results.json").is_file():

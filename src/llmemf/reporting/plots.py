@@ -51,3 +51,20 @@ def ablation_chart(labels: list[str], per_domain: dict[str, list[tuple[float, fl
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def sensitivity_plot(curves: dict[str, list[tuple[float, dict[str, float]]]], out: Path, title: str) -> Path:
+    """Figure 5's layout: one panel per parameter, validation MRR (%) per domain against its value."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), squeeze=False)
+    for ax, (param, points) in zip(axes[0], curves.items(), strict=True):
+        xs = [x for x, _ in points]
+        for domain in points[0][1]:
+            ax.plot(xs, [ys[domain] for _, ys in points], marker="o", label=domain)
+        ax.set(xlabel=param.replace("model.", "").replace("+", " = "), ylabel="validation MRR (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

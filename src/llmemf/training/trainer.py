@@ -29,6 +29,7 @@ from llmemf.distributed import SINGLE, World, setup
 from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
 from llmemf.io import atomic_torch_save
 from llmemf.models.base import Recommender, build_model
+from llmemf.reporting.ranks import save_ranks
 from llmemf.training.loop import FitResult, fit, make_optimizer
 from llmemf.training.rundir import (
     CheckpointDamaged,
@@ -201,6 +202,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     epoch_seconds, eval_seconds = fitted.epoch_seconds, fitted.eval_seconds
     seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     if world.is_main:
+        save_ranks(run.path, {"test": test}, bundle)  # per-user test ranks, written before results.json marks the run finished
         run.write_results(
             {
                 "model": cfg.model_name,

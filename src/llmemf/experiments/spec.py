@@ -1,0 +1,537 @@
+"""Experiment specs: one YAML file per scenario naming everything a paper table needs.
+
+A spec (``experiments/paper_food_kitchen.yaml``) names the dataset, the rows (models, or a model
+under fixed overrides), one tuning grid every trainable model searches with the same budget, one
+epoch cap and patience for all, the seeds, which rows get every seed, LLM-EMF's own grid, the
+ablation rows and the one-at-a-time sensitivity sweeps of figure 5. ``run_spec`` runs it:
+
+1. each row searches the shared grid at the first seed and keeps the point with the best mean
+   validation MRR (``eval.select_protocol``; never test);
+2. a row with its own grid then searches it at that point (LLM-EMF: beta, gamma_S / gamma_XY);
+3. the selected point runs the remaining seeds (every seed for LLM-EMF rows and ``strongest``);
+4. the ablation rows and the sensitivity sweeps run around LLM-EMF's selected point.
+
+A spec with ``reuse_selection`` (Movie-Book) searches nothing: every row runs the point another
+spec selected (its ``selection.json``). Every run is an ordinary run directory, reused when its
+config matches, so an interrupted spec resumes where it stopped. ``plan.json`` lists every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from llmemf.config import RunConfig, config_to_yaml
+from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
+
+Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
+
+
+@dataclass
+class Row:
+    label: str  # the table row's name (and its run directory)
+    model: str  # registry name
+    overrides: list[str] = field(default_factory=list)  # fixed for this row, on top of the spec's
+    tune: bool = True  # search the shared grid (trainable models only)
+    grid: dict[str, list] = field(default_factory=dict)  # the row's own axes, searched at its selected shared point
+    all_seeds: bool = False  # run every seed (LLM-EMF rows are always; `strongest` names the others)
+    config: str = ""  # a named config variant, configs/models/<config>.yaml (e.g. mifn_small); default <model>.yaml
+
+
+@dataclass
+class Ablation:
+    base: str = "llmemf"  # the row whose selected point every ablation row starts from
+    seeds: list[int] = field(default_factory=lambda: [1])
+    table4: list[int] = field(default_factory=list)  # rows of the paper's table 4 (runner.ABLATIONS, 1-based)
+    extra: dict[str, list[str]] = field(default_factory=dict)  # label -> overrides (beyond the paper)
+
+
+@dataclass
+class Sensitivity:
+    base: str = "llmemf"
+    seed: int = 1
+    axes: dict[str, list] = field(default_factory=dict)  # each axis swept alone around the selected point
+
+
+@dataclass
+class Spec:
+    scenario: str  # results/<scenario>/ and the report's section name
+    title: str  # the report's heading
+    dataset: str  # a dataset directory (dataset=... on the command line overrides it)
+    out: str  # where the run directories go
+    rows: list[Row]
+    epochs: int  # one cap for every trainable model
+    patience: int
+    overrides: list[str] = field(default_factory=list)  # every run
+    grid: dict[str, list] = field(default_factory=dict)  # every trainable row, same budget
+    seeds: list[int] = field(default_factory=lambda: [1])  # the first selects; the rest repeat the selected point
+    strongest: list[str] = field(default_factory=list)  # labels of the baselines that get every seed
+    reuse_selection: str = ""  # another spec file: run its selected points instead of searching
+    ablation: Ablation | None = None
+    sensitivity: Sensitivity | None = None
+    path: str = ""  # the spec file this came from
+
+    def row(self, label: str) -> Row:
+        for r in self.rows:
+            if r.label == label:
+                return r
+        raise UserError(f"{self.path}: no row labelled {label!r} (rows: {', '.join(r.label for r in self.rows)})")
+
+    def seeds_of(self, row: Row) -> list[int]:
+        every = row.all_seeds or row.model == "llmemf" or row.label in self.strongest
+        return list(self.seeds) if every else list(self.seeds[:1])
+
+
+SPEC_KEYS = {f.name for f in dataclasses.fields(Spec)} - {"path"}
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spec, list[str]]:
+    """The spec, with ``key=value`` overrides of its own fields (``dataset=``, ``seeds=[1]``); the
+    other overrides are returned to be applied to every run (``train.threads=1``), or with a model
+    name in front to that model's rows only (``llmemf.model.modalities=[id]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--spec {path}: no such file")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - YAML syntax errors come as several exception types
+        raise UserError(f"--spec {path}: not readable YAML ({' '.join(str(e).split())})") from None
+    own, run = [], []
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. dataset=data/fk or train.threads=1)")
+        (own if item.split("=", 1)[0].split(".")[0] in SPEC_KEYS else run).append(item)
+    try:
+        if own:
+            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(own))
+        data = OmegaConf.to_container(raw, resolve=True)
+    except OmegaConfBaseException as e:
+        raise UserError(f"--spec {path}: {' '.join(str(e).split())}") from None
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise UserError(f"--spec {path}: unknown field(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+    missing = [k for k in ("scenario", "dataset", "out", "rows", "epochs", "patience") if k not in data]
+    if missing:
+        raise UserError(f"--spec {path}: missing field(s) {missing}")
+    rows = []
+    for i, r in enumerate(data.pop("rows")):
+        r = {"label": r, "model": r} if isinstance(r, str) else dict(r)
+        r.setdefault("label", r.get("model"))
+        try:
+            rows.append(Row(**r))
+        except TypeError as e:
+            raise UserError(f"--spec {path}: rows[{i}]: {e}") from None
+    try:
+        ablation = Ablation(**data.pop("ablation")) if data.get("ablation") else None
+        sensitivity = Sensitivity(**data.pop("sensitivity")) if data.get("sensitivity") else None
+    except TypeError as e:
+        raise UserError(f"--spec {path}: {e}") from None
+    data.pop("ablation", None), data.pop("sensitivity", None)
+    data.setdefault("title", data["scenario"])
+    spec = Spec(rows=rows, ablation=ablation, sensitivity=sensitivity, path=str(path), **data)
+    if not spec.seeds:
+        raise UserError(f"--spec {path}: seeds is empty; give at least one")
+    labels = [r.label for r in rows]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"--spec {path}: row labels repeat: {labels}")
+    for name in spec.strongest:
+        spec.row(name)
+    return spec, run
+
+
+def point_overrides(point: Point) -> list[str]:
+    """{'train.lr': 0.001, 'model.gamma_s+model.gamma_xy': [0.3, 1.0]} -> key=value overrides."""
+    out = []
+    for key, value in point.items():
+        keys = key.split("+")
+        values = value if len(keys) > 1 else [value]
+        if len(values) != len(keys):
+            raise UserError(f"grid axis {key!r}: each value must list {len(keys)} numbers, got {value!r}")
+        out += [f"{k}={_fmt(v)}" for k, v in zip(keys, values, strict=True)]
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)
+
+
+def grid_product(grid: dict[str, list]) -> list[Point]:
+    keys = list(grid)
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_")[:80] or "default"
+
+
+def point_slug(point: Point) -> str:
+    return slug("_".join(point_overrides(point))) if point else "default"
+
+
+@dataclass
+class PlannedRun:
+    kind: str  # grid | own_grid | seed | ablation | sensitivity
+    label: str  # table row (or ablation row / sensitivity axis)
+    model: str
+    point: Point  # what was searched or fixed for this run
+    seed: int
+    run: str  # run directory, relative to spec.out
+    overrides: list[str]  # everything given to load_config after the model's config file
+    config_name: str = ""  # configs/models/<config_name>.yaml instead of <model>.yaml (a named variant)
+
+    def config(self, spec: Spec) -> RunConfig:
+        from llmemf.config import load_config
+        from llmemf.experiments.runner import model_config_file
+
+        name = self.config_name or self.model
+        path = model_config_file(name)
+        if self.config_name and path is None:
+            raise UserError(f"{spec.path}: row {self.label!r}: no configs/models/{name}.yaml")
+        return load_config(path, [f"model.name={self.model}", f"dataset={spec.dataset}", f"out={Path(spec.out) / self.run}", *self.overrides])
+
+
+def _common(spec: Spec, row: Row, run_overrides: list[str]) -> list[str]:
+    """The spec's cap and overrides, the row's, then the command line's (``NAME.key=value``: rows of model NAME only)."""
+    from llmemf.experiments.runner import route_overrides
+    from llmemf.models.base import REGISTRY
+
+    mine = route_overrides(list(REGISTRY), run_overrides)[row.model]
+    return [f"train.epochs={spec.epochs}", f"train.patience={spec.patience}", *spec.overrides, *row.overrides, *mine]
+
+
+def _trainable(model: str) -> bool:
+    from llmemf.models.base import model_class
+
+    try:
+        return model_class(model).trainable
+    except KeyError as e:
+        raise UserError(f"model {model!r}: {e.args[0]} (see `llmemf models`)") from None
+
+
+def row_search(spec: Spec, row: Row, run_overrides: list[str]) -> tuple[list[PlannedRun], list[PlannedRun]]:
+    """The row's shared-grid runs and own-grid runs at the first seed (own-grid points are relative:
+    the selected shared point is filled in by ``run_spec``)."""
+    seed = spec.seeds[0]
+    base = [*_common(spec, row, run_overrides), f"seed={seed}"]
+    shared = grid_product(spec.grid) if row.tune and _trainable(row.model) else [{}]
+    grid = [
+        PlannedRun(
+            "grid",
+            row.label,
+            row.model,
+            p,
+            seed,
+            f"{slug(row.label)}/{point_slug(p)}/seed{seed}",
+            [*base, *point_overrides(p)],
+            config_name=row.config,
+        )
+        for p in shared
+    ]
+    own = (
+        [
+            PlannedRun("own_grid", row.label, row.model, p, seed, "", [*base, *point_overrides(p)], config_name=row.config)
+            for p in grid_product(row.grid)
+        ]
+        if row.grid
+        else []
+    )
+    return grid, own
+
+
+def count_runs(spec: Spec) -> dict[str, int]:
+    """Runs per row label (and ablation / sensitivity), whatever the selection turns out to be."""
+    counts: dict[str, int] = {}
+    for row in spec.rows:
+        if spec.reuse_selection:
+            n_search = 1
+        else:
+            shared = len(grid_product(spec.grid)) if row.tune and _trainable(row.model) else 1
+            n_search = shared + (len(grid_product(row.grid)) if row.grid else 0)
+        counts[row.label] = n_search + len(spec.seeds_of(row)) - 1
+    if spec.ablation:
+        counts["ablation"] = (len(spec.ablation.table4) + len(spec.ablation.extra)) * len(spec.ablation.seeds)
+    if spec.sensitivity:
+        counts["sensitivity"] = sum(len(v) for v in spec.sensitivity.axes.values())
+    return counts
+
+
+def valid_score(res: dict, protocol: str) -> float:
+    return float(np.mean([m["MRR"] for m in res["valid"][protocol]["metrics"].values()]))
+
+
+def selection_file(spec: Spec) -> Path:
+    return Path(spec.out) / "selection.json"
+
+
+def results_dir(spec: Spec, root: str | Path = "results") -> Path:
+    return Path(root) / spec.scenario
+
+
+def reused_selection(spec: Spec, run_overrides: list[str]) -> dict[str, dict]:
+    """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/)."""
+    other, _ = load_spec(spec.reuse_selection)
+    for path in (selection_file(other), results_dir(other) / "selection.json"):
+        if path.is_file():
+            chosen = json.loads(path.read_text())
+            missing = [r.label for r in spec.rows if r.label not in chosen]
+            if missing:
+                raise UserError(f"{path}: no selected point for row(s) {missing}; add them to {other.path} and run it first")
+            return chosen
+    raise UserError(
+        f"reuse_selection={spec.reuse_selection}: its selection is not there yet "
+        f"({selection_file(other)} or {results_dir(other) / 'selection.json'}); run `llmemf compare --spec {other.path}` first"
+    )
+
+
+def run_spec(
+    spec: Spec, run_overrides: list[str], log: Callable[[str], None] = print, train_fn: Callable[[RunConfig, Any], dict] | None = None
+) -> list[dict]:
+    """Run (or reuse) every run of the spec; returns and writes plan.json (one record per run)."""
+    from llmemf.data.batching import DataBundle
+    from llmemf.data.dataset import Dataset
+    from llmemf.experiments.runner import run_or_reuse
+
+    data = Dataset.load(spec.dataset)
+    bundles: dict[int, DataBundle] = {}
+    done: dict[str, tuple[dict, str]] = {}  # normalised config -> (results, run), so that one config trains once
+    plan: list[dict] = []
+    out = Path(spec.out)
+
+    def execute(p: PlannedRun) -> dict:
+        cfg = p.config(spec)
+        key = _normalised(cfg)
+        if key in done:  # the same experiment under another name (an own-grid point equal to the row's defaults)
+            p.run = done[key][1]
+        else:
+            if cfg.max_len not in bundles:
+                bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
+            log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
+            done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)
+        plan.append({**dataclasses.asdict(p), "selected": False})
+        write_plan()  # after every run: an interrupted spec's finished runs can be collected and reported
+        return done[key][0]
+
+    def write_plan() -> None:
+        atomic_write_bytes(out / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())
+
+    def best(runs: list[tuple[PlannedRun, dict]]) -> PlannedRun:
+        protocol = _select_protocol(spec, runs[0][0])
+        return max(runs, key=lambda pr: valid_score(pr[1], protocol))[0]
+
+    selection: dict[str, dict] = {}
+    chosen_prev = reused_selection(spec, run_overrides) if spec.reuse_selection else {}
+    for row in spec.rows:
+        seed0 = spec.seeds[0]
+        base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
+        if spec.reuse_selection:
+            point = chosen_prev[row.label]["point"]
+            sel = PlannedRun(
+                "grid",
+                row.label,
+                row.model,
+                point,
+                seed0,
+                f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
+                [*base, *point_overrides(point)],
+                config_name=row.config,
+            )
+            execute(sel)
+        else:
+            grid, own = row_search(spec, row, run_overrides)
+            sel = best([(p, execute(p)) for p in grid])
+            if own:
+                runs = [(sel, done[_normalised(sel.config(spec))][0])]
+                for p in own:
+                    point = {**sel.point, **p.point}
+                    q = PlannedRun(
+                        "own_grid",
+                        row.label,
+                        row.model,
+                        point,
+                        seed0,
+                        f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
+                        [*base, *point_overrides(point)],
+                        config_name=row.config,
+                    )
+                    runs.append((q, execute(q)))
+                sel = best(runs)
+        selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
+        _mark_selected(plan, sel.run)
+        write_plan()
+        for seed in spec.seeds_of(row)[1:]:
+            q = dataclasses.replace(sel, kind="seed", seed=seed, run=f"{slug(row.label)}/{point_slug(sel.point)}/seed{seed}")
+            q.overrides = [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)]
+            execute(q)
+            _mark_selected(plan, q.run)
+    atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
+
+    if spec.ablation:
+        from llmemf.experiments.runner import ABLATIONS
+
+        ab = spec.ablation
+        row = spec.row(ab.base)
+        base_point = point_overrides(selection[row.label]["point"])
+        labels = list(ABLATIONS)
+        rows = {labels[i - 1]: ABLATIONS[labels[i - 1]] for i in ab.table4} | dict(ab.extra)
+        for label, extra in rows.items():
+            for seed in ab.seeds:
+                ov = [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"]
+                execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov, config_name=row.config))
+    if spec.sensitivity:
+        sens = spec.sensitivity
+        row = spec.row(sens.base)
+        sel_point = selection[row.label]["point"]
+        for axis, values in sens.axes.items():
+            for v in values:
+                point = {**sel_point, axis: v}
+                ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
+                execute(
+                    PlannedRun(
+                        "sensitivity",
+                        axis,
+                        row.model,
+                        {axis: v},
+                        sens.seed,
+                        f"sensitivity/{slug(axis)}/{point_slug({axis: v})}",
+                        ov,
+                        config_name=row.config,
+                    )
+                )
+    write_plan()
+    return plan
+
+
+def _select_protocol(spec: Spec, p: PlannedRun) -> str:
+    return p.config(spec).eval.select_protocol
+
+
+def _mark_selected(plan: list[dict], run: str) -> None:
+    for r in plan:
+        if r["run"] == run:
+            r["selected"] = True
+
+
+def _normalised(cfg: RunConfig) -> str:
+    from llmemf.models.base import check_model_params
+
+    cls = check_model_params(cfg.model_name, cfg.model_params)
+    model = {"name": cfg.model_name, **dataclasses.asdict(cls.Config(**cfg.model_params))}
+    train = dataclasses.replace(cfg.train, threads=0, progress=True)
+    return config_to_yaml(dataclasses.replace(cfg, out="", model=model, train=train))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute estimate: a few timed training steps per row, scaled to the spec's runs.
+
+
+def time_steps(cfg: RunConfig, bundle, n_steps: int = 5) -> tuple[float, int]:
+    """(median seconds of one training step, steps per epoch) for a trainable model; for a closed-form
+    one, (seconds of its fit, 1). One warm-up step is not counted."""
+    import torch
+
+    from llmemf.models.base import build_model
+    from llmemf.training.trainer import make_optimizer, seed_everything, train_in_bf16
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model_name, cfg.model_params, bundle)
+    t0 = time.perf_counter()
+    model.fit(bundle)
+    fit_s = time.perf_counter() - t0
+    if not model.trainable:
+        return fit_s, 1
+    opt = make_optimizer(model, cfg.train)
+    bf16 = train_in_bf16(cfg, model)
+    model.train()
+    times = []
+    # by_length as the trainer batches; passes repeat when an epoch has fewer batches than n_steps + 1
+    batches = itertools.chain.from_iterable(
+        bundle.train.iter_batches(cfg.train.batch_size, shuffle=True, seed=cfg.seed + k, by_length=cfg.train.by_length) for k in itertools.count()
+    )
+    for i, batch in zip(range(n_steps + 1), batches, strict=False):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return (statistics.median(times) if times else 0.0), math.ceil(len(bundle.train) / cfg.train.batch_size)
+
+
+def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callable[[str], None] = print) -> tuple[list[str], list[list], float]:
+    """header, rows, total hours: per row, median step seconds x steps per epoch x epoch cap x runs
+    (an upper bound on training: early stopping ends most runs sooner; per-epoch validation not included)."""
+    from llmemf.data.batching import DataBundle
+    from llmemf.data.dataset import Dataset
+    from llmemf.experiments.runner import training_stages
+
+    data = Dataset.load(spec.dataset)
+    bundles: dict[int, Any] = {}
+    counts = count_runs(spec)
+    header = ["row", "model", "stages", "step s (median, last stage)", "steps/epoch", "epoch cap", "runs", "finished", "hours (cap)", "hours left"]
+    rows, total = [], 0.0
+    per_model: dict[str, tuple[float, int, float]] = {}  # normalised config -> (step s, steps, seconds per run)
+    configs = {}  # every row's config first: a bad key fails before anything is timed
+    for row in spec.rows:
+        grid, _ = row_search(spec, row, run_overrides) if not spec.reuse_selection else (None, None)
+        configs[row.label] = (
+            grid[0].config(spec)
+            if grid
+            else PlannedRun("grid", row.label, row.model, {}, spec.seeds[0], "x", _common(spec, row, run_overrides), config_name=row.config).config(
+                spec
+            )
+        )
+    run_seconds: dict[str, float] = {}
+    for row in spec.rows:
+        cfg = configs[row.label]
+        if cfg.max_len not in bundles:
+            bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
+        # A model with a pre-training stage (Tri-CDR) costs both; the last stage is timed from scratch
+        # (its init_from run does not exist yet), which costs the same per step.
+        stages = [*training_stages(cfg)[:-1], cfg]
+        seconds = 0.0
+        for stage in stages:
+            key = _normalised(dataclasses.replace(stage, seed=0, out=""))
+            if key not in per_model:
+                step_s, steps = time_steps(stage, bundles[cfg.max_len], n_steps)
+                per_model[key] = (step_s, steps, step_s * steps * (stage.train.epochs if _trainable(stage.model_name) else 1))
+                log(f"  timed {row.label}{' (pre-training stage)' if stage is not cfg else ''}: {step_s:.3f}s per step")
+            seconds += per_model[key][2]
+        step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
+        run_seconds[row.label] = seconds
+        n = counts[row.label]
+        finished = sum(1 for _ in (Path(spec.out) / slug(row.label)).glob("*/seed*/results.json"))
+        left = seconds * max(n - finished, 0) / 3600
+        total += left
+        epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
+        rows.append([row.label, row.model, str(len(stages)), f"{step_s:.4f}", str(steps), epochs, str(n), str(finished), seconds * n / 3600, left])
+    for extra in ("ablation", "sensitivity"):
+        if extra in counts:
+            base = spec.row(getattr(spec, extra).base)
+            match = next(r for r in rows if r[0] == base.label)
+            seconds = run_seconds[base.label]
+            finished = sum(1 for _ in (Path(spec.out) / extra).rglob("results.json"))
+            left = seconds * max(counts[extra] - finished, 0) / 3600
+            total += left
+            rows.append(
+                [extra, base.model, match[2], match[3], match[4], match[5], str(counts[extra]), str(finished), seconds * counts[extra] / 3600, left]
+            )
+    return header, rows, total

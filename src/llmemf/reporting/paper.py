@@ -1,0 +1,296 @@
+"""docs/results.md and its CSVs, generated from an experiment spec's collected runs.
+
+``collect`` copies each finished run's small files (config.yaml, results.json, metrics.jsonl,
+ranks.npz; never checkpoints) and the spec's plan.json / selection.json from its run directory into
+``results/<scenario>/``, so that ``build_report`` needs nothing but the repository. Every number in
+the report is read from those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from llmemf.errors import UserError
+from llmemf.io import atomic_write_bytes
+from llmemf.reporting.ranks import RANKS_FILE, load_ranks
+from llmemf.reporting.significance import paired_comparison
+from llmemf.reporting.tables import PAPER_COLUMNS, mean_std_rows, run_seconds, to_csv, to_markdown
+
+SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
+SPEC_FILES = ("plan.json", "selection.json", "estimate.md")
+PROTOCOLS = ("c2dsr", "full")
+
+
+def collect(runs_root: Path, dest: Path) -> int:
+    """Copy the spec's plan and every finished run's small files; returns how many runs were copied."""
+    if not (runs_root / "plan.json").is_file():
+        raise UserError(f"{runs_root}: no plan.json; run `llmemf compare --spec FILE` first (it writes one when it finishes)")
+    for name in SPEC_FILES:
+        if (runs_root / name).is_file():
+            atomic_write_bytes(dest / name, (runs_root / name).read_bytes())
+    n = 0
+    for run in sorted({r["run"] for r in json.loads((runs_root / "plan.json").read_text())}):
+        src = runs_root / run
+        if not (src / "results.json").is_file():
+            continue
+        for name in SMALL_FILES:
+            if (src / name).is_file():
+                atomic_write_bytes(dest / run / name, (src / name).read_bytes())
+        n += 1
+    return n
+
+
+def _features(run_dir: Path) -> str:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if cfg.model.name != "llmemf":
+        return "ID"
+    mods = list(cfg.model.get("modalities", ["id", "img", "txt"]))
+    parts = ["ID"]
+    if "txt" in mods:
+        feature = cfg.model.get("txt_feature", "txt_llm")
+        parts.append({"txt_title": "titles", "txt_llm": "titles + LLM text"}.get(feature, feature))
+    if "img" in mods:
+        parts.append("images")
+    return " + ".join(parts)
+
+
+def _point(point: dict) -> str:
+    return ", ".join(f"{k.replace('model.', '').replace('train.', '')}={v}" for k, v in point.items()) or "-"
+
+
+class Collected:
+    """One scenario's collected runs, grouped the way the tables need them."""
+
+    def __init__(self, root: Path):
+        if not (root / "plan.json").is_file():
+            raise UserError(f"{root}: no plan.json; collect the runs first (`llmemf report --spec FILE --collect`)")
+        self.root = root
+        self.plan = json.loads((root / "plan.json").read_text())
+        self.results: dict[str, dict] = {}
+        for rec in self.plan:
+            path = root / rec["run"] / "results.json"
+            if path.is_file():
+                self.results[rec["run"]] = json.loads(path.read_text())
+
+    def main_rows(self) -> dict[str, list[str]]:
+        """label -> run dirs of its selected point (one per seed), in plan order."""
+        rows: dict[str, list[str]] = {}
+        for rec in self.plan:
+            if rec["kind"] in ("grid", "own_grid", "seed"):
+                runs = rows.setdefault(rec["label"], [])
+                if rec["selected"] and rec["run"] in self.results and rec["run"] not in runs:
+                    runs.append(rec["run"])
+        return {k: v for k, v in rows.items() if v}
+
+    def record(self, run: str) -> dict:
+        return next(r for r in self.plan if r["run"] == run)
+
+    def kind_groups(self, kind: str) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for rec in self.plan:
+            if rec["kind"] == kind and rec["run"] in self.results and rec["run"] not in groups.get(rec["label"], []):
+                groups.setdefault(rec["label"], []).append(rec["run"])
+        return groups
+
+
+def _mean_std(values: list[float]) -> str:
+    v = np.asarray(values)
+    return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def main_table(c: Collected, protocol: str, reused: str) -> tuple[list[str], list[list]]:
+    rows = c.main_rows()
+    domains = list(c.results[next(iter(rows.values()))[0]]["test"][protocol]["metrics"])
+    header = ["model", "features", "selected (validation)", "seeds"] + [f"{d} {m}" for d in domains for m in PAPER_COLUMNS]
+    out = []
+    for label, runs in rows.items():
+        point = _point(c.record(runs[0])["point"]) + (f" ({reused})" if reused else "")
+        cells = [label, _features(c.root / runs[0]), point, str(len(runs))]
+        for d in domains:
+            for m in PAPER_COLUMNS:
+                cells.append(_mean_std([100 * c.results[r]["test"][protocol]["metrics"][d][m] for r in runs]))
+        out.append(cells)
+    return header, out
+
+
+def _mean_rr(c: Collected, runs: list[str], protocol: str, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per-user reciprocal rank averaged over the runs' seeds, with the user ids and cold flags."""
+    loaded = [load_ranks(c.root / r) for r in runs]
+    if any(x is None for x in loaded):
+        return None
+    parts = [x[("test", protocol, domain)] for x in loaded]
+    for p in parts[1:]:
+        if not (p["users_sha"] == parts[0]["users_sha"] and np.array_equal(p["targets"], parts[0]["targets"])):
+            raise UserError(f"{c.root}: runs {runs} ranked different test users; were they trained on one dataset?")
+    return parts[0]["users_sha"], np.mean([1.0 / p["ranks"] for p in parts], axis=0), parts[0]["cold"]
+
+
+def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str], list[list]]:
+    """LLM-EMF (row ``ours``) against the baseline with the best mean test MRR, per domain."""
+    rows = c.main_rows()
+    if ours not in rows:
+        return [], []
+    baselines = {k: v for k, v in rows.items() if c.results[v[0]]["model"] != "llmemf"}
+    domains = list(c.results[rows[ours][0]]["test"][protocol]["metrics"])
+    header = ["domain", f"{ours} MRR", "best baseline", "its MRR", "gain %", "Wilcoxon p", "bootstrap 95% CI of ΔMRR", "users"]
+    out = []
+    for d in domains:
+        if not baselines:
+            break
+        mrr = {k: float(np.mean([c.results[r]["test"][protocol]["metrics"][d]["MRR"] for r in v])) for k, v in baselines.items()}
+        best = max(mrr, key=mrr.get)
+        a, b = _mean_rr(c, rows[ours], protocol, d), _mean_rr(c, baselines[best], protocol, d)
+        if a is None or b is None:
+            out.append([d, "", best, 100 * mrr[best], "", "no ranks.npz", "", ""])
+            continue
+        if a[0] != b[0]:
+            raise UserError(f"{c.root}: {ours} and {best} ranked different test users")
+        pc = paired_comparison(1.0 / a[1], 1.0 / b[1])
+        ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"
+        out.append([d, 100 * pc.mrr_a, best, 100 * pc.mrr_b, 100 * pc.relative_gain, f"{pc.wilcoxon_p:.2g}", ci, str(pc.n_users)])
+    return header, out
+
+
+def warm_cold_table(c: Collected, protocol: str) -> tuple[list[str], list[list]]:
+    rows = c.main_rows()
+    first = next(iter(rows.values()))[0]
+    domains = list(c.results[first]["test"][protocol]["metrics"])
+    header = ["model"] + [f"{d} {h}" for d in domains for h in ("warm n", "warm MRR", "cold n", "cold MRR")]
+    out = []
+    for label, runs in rows.items():
+        cells: list = [label]
+        for d in domains:
+            got = _mean_rr(c, runs, protocol, d)
+            if got is None:
+                cells += ["", "no ranks.npz", "", ""]
+                continue
+            _, rr, cold = got
+            for part in (~cold, cold):
+                cells += [str(int(part.sum())), 100 * float(rr[part].mean()) if part.any() else "-"]
+        out.append(cells)
+    return header, out
+
+
+def cost_table(c: Collected) -> tuple[list[str], list[list]]:
+    """Runs and wall hours per row label / ablation row / sensitivity axis, and the spec's total."""
+    per: dict[str, list[float]] = {}
+    seen = set()
+    for rec in c.plan:
+        if rec["run"] in c.results and rec["run"] not in seen:
+            seen.add(rec["run"])
+            label = rec["label"] if rec["kind"] not in ("ablation", "sensitivity") else f"{rec['kind']}: {rec['label']}"
+            per.setdefault(label, []).append(run_seconds(c.root / rec["run"], c.results[rec["run"]]))
+    rows = [[label, str(len(v)), sum(v) / 3600] for label, v in per.items()]
+    rows.append(["total", str(sum(len(v) for v in per.values())), sum(sum(v) for v in per.values()) / 3600])
+    return ["row", "runs", "wall hours"], rows
+
+
+def _write(tables_dir: Path, stem: str, header: list[str], rows: list[list]) -> None:
+    atomic_write_bytes(tables_dir / f"{stem}.csv", to_csv(header, rows).encode())
+
+
+def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None] = print) -> str:
+    from llmemf.reporting.plots import sensitivity_plot
+
+    c = Collected(root)
+    tables = root / "tables"
+    parts = [f"## {spec.title}", ""]
+    reused = f"reused from {Path(spec.reuse_selection).stem}" if spec.reuse_selection else ""
+    parts.append(
+        f"Dataset `{spec.dataset}`; every trainable model searched {json.dumps(spec.grid) if spec.grid else 'no grid'}"
+        f" at its own L2, epoch cap {spec.epochs}, patience {spec.patience}; selected on validation MRR; seeds {spec.seeds} "
+        f"for LLM-EMF and {', '.join(spec.strongest) or 'no baseline'}, seed {spec.seeds[0]} for the rest. "
+        + (f"The grid points are {reused}. " if reused else "")
+        + "Test split, metrics in %, mean ± std over seeds."
+    )
+    ours = "llmemf" if "llmemf" in c.main_rows() else next((k for k, v in c.main_rows().items() if c.results[v[0]]["model"] == "llmemf"), "")
+    for protocol in PROTOCOLS:
+        header, rows = main_table(c, protocol, reused)
+        _write(tables, f"main_{protocol}", header, rows)
+        parts += ["", f"### Tables 2-3 layout, {protocol} protocol", "", to_markdown(header, rows)]
+        header, rows = significance_table(c, protocol, ours)
+        if rows:
+            _write(tables, f"significance_{protocol}", header, rows)
+            parts += [
+                "",
+                f"Paired significance, {protocol} protocol: {ours} against the baseline with the best mean test MRR per domain; "
+                "per-user reciprocal ranks averaged over each row's seeds, same users and negatives "
+                "(Wilcoxon signed-rank, two-sided; paired bootstrap over users, 2000 resamples).",
+                "",
+                to_markdown(header, rows),
+            ]
+    for protocol in PROTOCOLS:
+        header, rows = warm_cold_table(c, protocol)
+        _write(tables, f"warm_cold_{protocol}", header, rows)
+        parts += ["", f"### Warm and cold test targets, {protocol} protocol", "", "A target is cold when it never occurs in the training split.", ""]
+        parts.append(to_markdown(header, rows))
+    ab = c.kind_groups("ablation")
+    if ab:
+        for protocol in PROTOCOLS:
+            groups = {k: [c.results[r] for r in v] for k, v in ab.items()}
+            header, rows = mean_std_rows(groups, "test", protocol)
+            header = [header[0], "features", *header[1:]]
+            rows = [[r[0], _features(c.root / ab[r[0]][0]), *r[1:]] for r in rows]
+            _write(tables, f"ablation_{protocol}", header, rows)
+            parts += [
+                "",
+                f"### Table 4 layout (ablation at LLM-EMF's selected point), test MRR %, {protocol} protocol",
+                "",
+                to_markdown(header, rows),
+            ]
+    sens = c.kind_groups("sensitivity")
+    if sens:
+        curves: dict[str, list[tuple[float, dict[str, float]]]] = {}
+        for axis, runs in sens.items():
+            pts = []
+            for r in runs:
+                value = next(iter(c.record(r)["point"].values()))
+                x = float(value[0] if isinstance(value, list) else value)
+                pts.append((x, {d: 100 * m["MRR"] for d, m in c.results[r]["valid"]["c2dsr"]["metrics"].items()}))
+            curves[axis] = sorted(pts, key=lambda p: p[0])
+        png = sensitivity_plot(curves, root / "sensitivity.png", f"{spec.title}: validation MRR (c2dsr protocol) against each parameter")
+        header = ["parameter", "value"] + list(curves[next(iter(curves))][0][1])
+        rows = [[axis, f"{x:g}", *ys.values()] for axis, pts in curves.items() for x, ys in pts]
+        _write(tables, "sensitivity", header, rows)
+        parts += [
+            "",
+            "### Figure 5 layout: validation MRR against one parameter at a time",
+            "",
+            f"![sensitivity]({os.path.relpath(png, doc_dir)})",
+            "",
+            to_markdown(header, rows),
+        ]
+    header, rows = cost_table(c)
+    _write(tables, "cost", header, rows)
+    parts += [
+        "",
+        "### Compute",
+        "",
+        to_markdown(header, rows, "(wall hours of every run of the spec, over all its resumes, on the machine that ran it)"),
+    ]
+    log(f"{spec.title}: {len(c.results)} runs read from {root}")
+    return "\n".join(parts)
+
+
+def build_report(specs: list, results_root: Path, doc: Path, commands: list[str], log: Callable[[str], None] = print) -> Path:
+    header = [
+        "# Results",
+        "",
+        "Generated by " + " and ".join(f"`{c}`" for c in commands) + " from the runs collected under `results/`;",
+        "do not edit by hand. Each table's CSV is in `results/<scenario>/tables/`.",
+    ]
+    sections = []
+    for s in specs:
+        if (results_root / s.scenario / "plan.json").is_file():
+            sections.append(scenario_section(s, results_root / s.scenario, doc.parent, log))
+        else:
+            log(f"{s.title}: nothing collected in {results_root / s.scenario} yet")
+            sections.append(f"## {s.title}\n\nNot run yet: `llmemf compare --spec {s.path}`, then `llmemf report --spec {s.path} --collect`.")
+    atomic_write_bytes(doc, ("\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n").encode())
+    return doc

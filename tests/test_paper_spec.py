@@ -1,0 +1,146 @@
+"""`llmemf compare --spec` and `llmemf report --spec` on a tiny dataset: grid selection on validation,
+extra seeds, resumability, the compute estimate, ranks on disk, and a report rebuilt from results/ alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from typer.testing import CliRunner
+
+from llmemf.cli import app
+from llmemf.reporting.ranks import load_ranks
+
+SPEC = """
+scenario: tiny
+dataset: {data}
+out: {out}
+epochs: 1
+patience: 1
+overrides: [train.progress=false, eval.n_negatives=30]
+grid:
+  train.lr: [0.01, 0.001]
+seeds: [1, 2]
+strongest: [sasrec]
+rows:
+  - pop
+  - label: sasrec
+    model: sasrec
+    overrides: [model.hidden=16]
+  - label: llmemf
+    model: llmemf
+    overrides: [model.d_id=16, "model.modalities=[id,txt]"]
+    grid:
+      model.gamma_s+model.gamma_xy: [[0.3, 1.0], [1.0, 1.0]]
+ablation:
+  base: llmemf
+  seeds: [1]
+  table4: [1]
+  extra:
+    "no auxiliary losses": [model.lambda_x=0.0, model.lambda_y=0.0]
+sensitivity:
+  base: llmemf
+  axes:
+    model.beta: [0.0, 1.0]
+"""
+
+
+def _invoke(*args):
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res.output
+
+
+def _spec(tmp_path, tiny_dataset):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(data=tiny_dataset.root, out=tmp_path / "runs"))
+    return path
+
+
+def test_estimate_only_times_every_row_and_trains_nothing(tiny_dataset, tmp_path):
+    spec = _spec(tmp_path, tiny_dataset)
+    text = _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
+    table = [r.split(" | ") for r in text.splitlines() if r.startswith("| ") and "step s" not in r]
+    assert all(r[2] == "1" for r in table)  # one training stage each
+    assert float(table[1][3]) > 0  # SASRec's median step, timed over repeated passes of the one-batch epoch
+    # runs: pop 1; sasrec 2 grid + 1 extra seed; llmemf 2 grid + 2 own grid + 1 extra seed; ablation 2; sensitivity 2
+    assert {r[0].lstrip("| "): int(r[6]) for r in table} == {"pop": 1, "sasrec": 3, "llmemf": 5, "ablation": 2, "sensitivity": 2}
+    assert "estimated compute left" in text
+    assert not list((tmp_path / "runs").rglob("results.json"))
+
+
+def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(tiny_dataset, tmp_path, monkeypatch):
+    spec = _spec(tmp_path, tiny_dataset)
+    runs = tmp_path / "runs"
+    first = _invoke("compare", "--spec", spec, "train.threads=1")
+    assert "reusing" not in first
+    selection = json.loads((runs / "selection.json").read_text())
+    assert set(selection) == {"pop", "sasrec", "llmemf"}
+    # The selected lr is the grid point with the best mean validation MRR, never test.
+    scores = {}
+    for lr in ("0.01", "0.001"):
+        res = json.loads((runs / "sasrec" / f"train.lr_{lr}" / "seed1" / "results.json").read_text())
+        scores[float(lr)] = np.mean([m["MRR"] for m in res["valid"]["c2dsr"]["metrics"].values()])
+    assert selection["sasrec"]["point"]["train.lr"] == max(scores, key=scores.get)
+    assert "model.gamma_s+model.gamma_xy" in selection["llmemf"]["point"]
+    # Extra seeds only for the strongest baseline and LLM-EMF.
+    assert len(list((runs / "sasrec").glob("*/seed2/results.json"))) == 1
+    assert not list((runs / "pop").glob("*/seed2"))
+    # Each run keeps per-user ranks that pair up across runs.
+    a = load_ranks(runs / selection["sasrec"]["run"])[("test", "c2dsr", "X")]
+    b = load_ranks(runs / selection["llmemf"]["run"])[("test", "c2dsr", "X")]
+    assert a["users_sha"] == b["users_sha"] and len(a["ranks"]) == len(a["cold"]) > 0
+    # A second invocation trains nothing.
+    second = _invoke("compare", "--spec", spec, "train.threads=1")
+    assert "epoch   1" not in second and second.count("reusing") == 12
+
+    monkeypatch.chdir(tmp_path)
+    _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    for part in (
+        "Tables 2-3 layout, c2dsr protocol",
+        "full protocol",
+        "Wilcoxon p",
+        "Warm and cold",
+        "Table 4 layout",
+        "no auxiliary losses",
+        "### Compute",
+    ):
+        assert part in doc
+    assert "ID + titles + LLM text" in doc and "lr=" in doc
+    assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
+    main = (tmp_path / "results" / "tiny" / "tables" / "main_c2dsr.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in main[1:]] == ["pop", "sasrec", "llmemf"]
+    assert not list((tmp_path / "results").rglob("*.pt"))  # never checkpoints
+    cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
+    assert cost[-1].startswith("total,12,")  # 12 distinct runs (one own-grid point equals a grid point)
+    # The report rebuilds from results/ alone, number for number.
+    shutil.rmtree(runs)
+    _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/again.md")
+    assert (tmp_path / "docs" / "again.md").read_text() == doc
+
+
+def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_path):
+    spec = _spec(tmp_path, tiny_dataset)
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        f"scenario: tiny2\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs2'}\nepochs: 1\npatience: 1\n"
+        f"overrides: [train.progress=false, eval.n_negatives=30]\nreuse_selection: {spec}\nrows: [pop]\n"
+    )
+    res = CliRunner().invoke(app, ["compare", "--spec", str(other)])
+    assert res.exit_code == 2 and "run `llmemf compare --spec" in res.output
+    _invoke("compare", "--spec", spec, "rows=[pop]", "strongest=[]", "ablation=null", "sensitivity=null")
+    _invoke("compare", "--spec", other)
+    assert json.loads((tmp_path / "runs2" / "selection.json").read_text())["pop"]["point"] == {}
+
+
+def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):
+    spec = _spec(tmp_path, tiny_dataset)
+    rows = "rows=[{label: c2dsr fast, model: c2dsr, config: c2dsr_fast}]"
+    text = _invoke("compare", "--spec", spec, "--estimate-only", rows, "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    assert "| c2dsr fast | c2dsr |" in text
+    bad = CliRunner().invoke(
+        app, ["compare", "--spec", str(spec), "--estimate-only", "rows=[{label: x, model: sasrec, config: nosuch}]", "strongest=[]"]
+    )
+    assert bad.exit_code == 2 and "no configs/models/nosuch.yaml" in bad.output
