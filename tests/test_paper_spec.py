@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from llmemf.cli import app
-from llmemf.reporting.ranks import load_ranks
+from llmemf.evaluation.ranks import load_ranks
 
 SPEC = """
 scenario: tiny

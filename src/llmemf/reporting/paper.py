@@ -17,8 +17,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from llmemf.errors import UserError
+from llmemf.evaluation.ranks import RANKS_FILE, load_ranks
 from llmemf.io import atomic_write_bytes
-from llmemf.reporting.ranks import RANKS_FILE, load_ranks
 from llmemf.reporting.significance import paired_comparison
 from llmemf.reporting.tables import PAPER_COLUMNS, mean_std_rows, run_seconds, to_csv, to_markdown
 

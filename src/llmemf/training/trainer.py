@@ -27,9 +27,9 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.distributed import SINGLE, World, setup
 from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
+from llmemf.evaluation.ranks import save_ranks
 from llmemf.io import atomic_torch_save
 from llmemf.models.base import Recommender, build_model
-from llmemf.reporting.ranks import save_ranks
 from llmemf.training.loop import FitResult, fit, make_optimizer
 from llmemf.training.rundir import (
     CheckpointDamaged,

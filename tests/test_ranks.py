@@ -9,7 +9,7 @@ from tiny_data import make_tiny_dataset
 
 from llmemf.config import load_config
 from llmemf.data.dataset import Dataset
-from llmemf.reporting.ranks import load_ranks
+from llmemf.evaluation.ranks import load_ranks
 from llmemf.training.trainer import train
 
 
