@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,text,llm,clip,images,serve,serve-test
+EXTRAS ?= dev,text,llm,clip,images,serve,serve-test,mimalloc
 
 .PHONY: demo test lint clean
 
