@@ -21,14 +21,9 @@ Timings depend on the machine's load: say so next to any number taken from here.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
-import os
-import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,49 +70,9 @@ def bench_llmemf(config: Path, dataset: Path, bundle, warmup: int, steps: int) -
 
 def bench_official(checkout: Path, ds, warmup: int, steps: int) -> tuple[list[float], int, str]:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from crosscheck_c2dsr import write_official_files
+    from official_c2dsr import official_trainer
 
-    src = (checkout / "C2DSR_src").resolve()
-    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]  (CPU-only torch)
-    sys.path.insert(0, str(src))
-    import utils.loader as official_loader  # the checkout's modules
-    from model.trainer import CDSRTrainer
-    from utils.GraphMaker import GraphMaker
-
-    tmp = Path(tempfile.mkdtemp(prefix="c2dsr_bench_"))
-    name = ds.manifest.name
-    write_official_files(ds, tmp / "dataset" / name)
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    random.seed(2040)
-    torch.manual_seed(2040)
-    opt = {
-        "data_dir": name,
-        "model": "C2DSR",
-        "hidden_units": 256,
-        "num_blocks": 2,
-        "num_heads": 1,
-        "GNN": 1,
-        "dropout": 0.2,
-        "optim": "adam",
-        "lr": 0.001,
-        "lr_decay": 1,
-        "weight_decay": 5e-4,
-        "decay_epoch": 5,
-        "max_grad_norm": 5.0,
-        "leakey": 0.1,
-        "maxlen": 15,
-        "cpu": True,
-        "cuda": False,
-        "lambda": 0.7,
-        "batch_size": 256,
-    }  # fmt: skip (train_rec.py's defaults, on the CPU)
-    with contextlib.redirect_stdout(io.StringIO()):
-        train_batches = official_loader.DataLoader(name, opt["batch_size"], opt, evaluation=-1)
-        opt["itemnum"] = opt["source_item_num"] + opt["target_item_num"] + 1
-        graph = GraphMaker(opt, f"./dataset/{name}/traindata_new.txt")
-    os.chdir(cwd)
-    trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
+    trainer, train_batches = official_trainer(checkout, ds)
     return time_steps(trainer.train_batch, iter(train_batches), warmup, steps), len(train_batches), "fp32"
 
 

@@ -26,8 +26,6 @@ LLMEMF_ALLOCATOR=off for plain glibc); so does each child.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import resource
@@ -140,72 +138,14 @@ def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int
     return out
 
 
-def write_official_files(ds, root: Path) -> None:
-    """What the official training loader and GraphMaker read: Alist/Blist (one line per item) and
-    ``user<TAB>0<TAB>item|ts<TAB>...`` per training sequence (global ids, domain X first)."""
-    root.mkdir(parents=True)
-    for name, d in (("Alist.txt", ds.manifest.domains[0]), ("Blist.txt", ds.manifest.domains[1])):
-        (root / name).write_text("".join(f"{i}\tI{i}\t{i}\n" for i in range(d.n_items)))
-    lines = (
-        f"{row.user}\t0\t" + "\t".join(f"{i}|{t}" for i, t in zip(row.items, row.timestamps, strict=True)) + "\n"
-        for row in ds.splits["train"].itertuples(index=False)
-    )
-    (root / "traindata_new.txt").write_text("".join(lines))
-
-
 def child_official(checkout: Path, dataset: Path, steps: int) -> dict:
     """The official C2DSR trainer's train_batch, train_rec.py's defaults, on the CPU."""
-    import random
-
-    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from official_c2dsr import official_trainer
 
     from llmemf.data.dataset import Dataset
 
-    src = (checkout / "C2DSR_src").resolve()
-    if not (src / "model" / "trainer.py").is_file():
-        raise SystemExit(f"{checkout}: no C2DSR_src/model/trainer.py; pass a checkout of cjx96/C2DSR")
-    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]  (a CPU-only torch)
-    sys.path.insert(0, str(src))
-    import utils.loader as official_loader  # the checkout's modules
-    from model.trainer import CDSRTrainer
-    from utils.GraphMaker import GraphMaker
-
-    ds = Dataset.load(dataset)
-    name = ds.manifest.name
-    tmp = Path(tempfile.mkdtemp(prefix="bench_official_c2dsr_"))
-    write_official_files(ds, tmp / "dataset" / name)
-    cwd = os.getcwd()
-    os.chdir(tmp)  # the official loader reads ./dataset/<name>/
-    random.seed(2040)
-    torch.manual_seed(2040)
-    opt = {
-        "data_dir": name,
-        "model": "C2DSR",
-        "hidden_units": 256,
-        "num_blocks": 2,
-        "num_heads": 1,
-        "GNN": 1,
-        "dropout": 0.2,
-        "optim": "adam",
-        "lr": 0.001,
-        "lr_decay": 1,
-        "weight_decay": 5e-4,
-        "decay_epoch": 5,
-        "max_grad_norm": 5.0,
-        "leakey": 0.1,
-        "maxlen": 15,
-        "cpu": True,
-        "cuda": False,
-        "lambda": 0.7,
-        "batch_size": 256,
-    }  # fmt: skip  (train_rec.py's defaults)
-    with contextlib.redirect_stdout(io.StringIO()):
-        loader = official_loader.DataLoader(name, opt["batch_size"], opt, evaluation=-1)
-        opt["itemnum"] = opt["source_item_num"] + opt["target_item_num"] + 1
-        graph = GraphMaker(opt, f"./dataset/{name}/traindata_new.txt")
-    os.chdir(cwd)
-    shutil.rmtree(tmp)
-    trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
+    trainer, loader = official_trainer(checkout, Dataset.load(dataset))
     # Only the batches timed are built (the loader prepares each batch when it is indexed).
     out = time_steps(trainer.train_batch, [loader[int(i)] for i in pick(list(range(len(loader))), steps)])
     out["n_batches"] = len(loader)

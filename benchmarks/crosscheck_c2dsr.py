@@ -27,33 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-
-
-def write_official_files(ds, root: Path) -> None:
-    """The dataset in the C2DSR file format: Alist/Blist (one line per item) and
-    ``user<TAB>0<TAB>item|ts<TAB>...`` lines, the valid/test target as the last interaction."""
-    root.mkdir(parents=True)
-    n_x, n_y = ds.manifest.domains[0].n_items, ds.manifest.domains[1].n_items
-    for name, n in (("Alist.txt", n_x), ("Blist.txt", n_y)):
-        (root / name).write_text("".join(f"{i}\tI{i}\t{i}\n" for i in range(n)))
-    for split, fname in (("train", "traindata_new.txt"), ("valid", "validdata_new.txt"), ("test", "testdata_new.txt")):
-        df = ds.splits[split]
-        lines = []
-        for row in df.itertuples(index=False):
-            items, stamps = list(row.items), list(row.timestamps)
-            if split != "train":
-                items, stamps = items + [int(row.target)], stamps + [int(row.target_timestamp)]
-            lines.append(f"{row.user}\t0\t" + "\t".join(f"{i}|{t}" for i, t in zip(items, stamps, strict=True)) + "\n")
-        (root / fname).write_text("".join(lines))
+from official_c2dsr import OFFICIAL_OPT, import_official, official_files
 
 
 def weight_map(o: dict[str, torch.Tensor], ours, n_x: int, n_y: int, grads: bool = False) -> dict[str, torch.Tensor]:
@@ -103,35 +84,20 @@ def main() -> None:
     from llmemf.data.dataset import Dataset
     from llmemf.models.base import build_model
 
-    src = (args.official / "C2DSR_src").resolve()
-    if not (src / "model" / "C2DSR.py").exists():
-        sys.exit(f"{args.official}: no C2DSR_src/model/C2DSR.py; pass a checkout of cjx96/C2DSR")
     ds = Dataset.load(args.dataset)
     n_x, n_y = ds.manifest.domains[0].n_items, ds.manifest.domains[1].n_items
     bundle = DataBundle(ds, max_len=15)
 
     # ---- the official side, run at run time from the checkout (CPU: .cuda() becomes a no-op)
-    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
-    sys.path.insert(0, str(src))
-    import utils.loader as official_loader  # noqa: E402  (the checkout's modules)
-    from model.trainer import CDSRTrainer  # noqa: E402
-    from utils.GraphMaker import GraphMaker  # noqa: E402
-
+    official_loader, CDSRTrainer, GraphMaker = import_official(args.official)
     official_loader.random.shuffle = lambda x: None  # first batch = first rows of the file
-    tmp = Path(tempfile.mkdtemp(prefix="c2dsr_xcheck_"))
     name = ds.manifest.name
-    write_official_files(ds, tmp / "dataset" / name)
-    cwd = os.getcwd()
-    os.chdir(tmp)  # the official loader reads ./dataset/<name>/
+    stack = contextlib.ExitStack()
+    stack.enter_context(official_files(ds))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    opt = {
-        "data_dir": name, "model": "C2DSR", "hidden_units": 256, "num_blocks": 2, "num_heads": 1, "GNN": 1,
-        "dropout": 0.0, "optim": "adam", "lr": 0.0, "lr_decay": 1, "weight_decay": 5e-4, "decay_epoch": 5,
-        "max_grad_norm": 5.0, "leakey": 0.1, "maxlen": 15, "cpu": True, "cuda": False, "lambda": 0.7,
-        "batch_size": 256,
-    }  # fmt: skip
+    opt = {**OFFICIAL_OPT, "data_dir": name, "dropout": 0.0, "lr": 0.0}  # deterministic; lr 0: train_batch only computes
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # the loader prints "pass sequence x/y" for each row it drops
         train_batches = official_loader.DataLoader(name, opt["batch_size"], opt, evaluation=-1)
@@ -140,7 +106,7 @@ def main() -> None:
     opt["itemnum"] = opt["source_item_num"] + opt["target_item_num"] + 1
     graph = GraphMaker(opt, f"./dataset/{name}/traindata_new.txt")
     trainer = CDSRTrainer(opt, graph.adj, graph.adj_single)
-    os.chdir(cwd)
+    stack.close()
     official = trainer.model
 
     # ---- llmemf's side with the official weights
@@ -234,7 +200,7 @@ def main() -> None:
             got = ours.scores(ev, d)[rows_d]
             report(f"scores, {'X' if d == 0 else 'Y'}-target rows, every item of the domain", got, want)
 
-    print(f"official checkout: {src}")
+    print(f"official checkout: {args.official.resolve()}")
     print(f"dataset: {args.dataset}  (first official training batch: {len(picked)} rows; {len(vb)} validation rows)\n")
     print(f"| {'compared':62s} | max abs difference | max abs official value |")
     print(f"|{'-' * 64}|--------------------|------------------------|")
