@@ -108,16 +108,23 @@ def prepare_synthetic(
     _summarise_dataset(ds, out)
 
 
+# The filters and time split every log-like importer shares (data/logs.py build_splits); pre-split RecBole files skip them.
+MIN_COUNT = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point)")
+MIN_PER_DOMAIN = typer.Option(3, help="keep users with at least this many items in each domain")
+MAX_LEN = typer.Option(15, help="cap sequences at this many most recent interactions")
+EVAL_FRACTION = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test")
+
+
 @prepare_app.command("log")
 def prepare_log(
     file: Path = typer.Argument(..., help="interaction log CSV/TSV/Parquet: user, item, domain, timestamp"),
     out: Path = typer.Argument(..., help="output dataset directory"),
     items: Path | None = typer.Option(None, "--items", help="item metadata file keyed by item id"),
     domains: str | None = typer.Option(None, help="the two domain values, in X,Y order (default: sorted)"),
-    min_count: int = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point)"),
-    min_per_domain: int = typer.Option(3, help="keep users with at least this many items in each domain"),
-    max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
-    eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
+    min_count: int = MIN_COUNT,
+    min_per_domain: int = MIN_PER_DOMAIN,
+    max_len: int = MAX_LEN,
+    eval_fraction: float = EVAL_FRACTION,
     max_bad_fraction: float = typer.Option(0.01, help="fail if more than this fraction of rows is unusable"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
@@ -145,10 +152,10 @@ def prepare_amazon(
     out: Path = typer.Argument(..., help="output dataset directory"),
     domain: list[str] = typer.Option(..., "--domain", help="NAME=REVIEWS[:META], twice (X first); 2014/2018/2023 dumps, gzip or plain"),
     name: str | None = typer.Option(None, help="dataset name (default: the domain names joined by '-')"),
-    min_count: int = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point)"),
-    min_per_domain: int = typer.Option(3, help="keep users with at least this many items in each domain"),
-    max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
-    eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
+    min_count: int = MIN_COUNT,
+    min_per_domain: int = MIN_PER_DOMAIN,
+    max_len: int = MAX_LEN,
+    eval_fraction: float = EVAL_FRACTION,
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Build a dataset from Amazon review dumps (+ metadata) with the filters and time split of `prepare log`."""
@@ -172,10 +179,10 @@ def prepare_recbole(
     out: Path = typer.Argument(..., help="output dataset directory"),
     domains: str | None = typer.Option(None, help="the two domain values, in X,Y order (default: sorted)"),
     name: str | None = typer.Option(None, help="dataset name (default: the directory's name)"),
-    min_count: int = typer.Option(10, help="drop users and items with fewer interactions (to a fixed point; not for pre-split files)"),
-    min_per_domain: int = typer.Option(3, help="keep users with at least this many items in each domain"),
-    max_len: int = typer.Option(15, help="cap sequences at this many most recent interactions"),
-    eval_fraction: float = typer.Option(0.1, help="fraction of sequences (the latest) for validation, and again for test"),
+    min_count: int = MIN_COUNT,
+    min_per_domain: int = MIN_PER_DOMAIN,
+    max_len: int = MAX_LEN,
+    eval_fraction: float = EVAL_FRACTION,
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Build a dataset from RecBole atomic files; pre-split benchmark files are taken as they are."""
