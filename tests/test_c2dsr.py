@@ -294,6 +294,23 @@ def test_official_config_has_no_l2(tiny_bundle):
     assert C2DSR.adam_betas == (0.9, 0.98)
 
 
+def test_only_the_sampled_variant_trains_in_bf16_and_only_where_the_cpu_has_it(tiny_bundle, monkeypatch):
+    """The official loss stays fp32; the fast variant asks for bf16, which the trainer grants only on a CPU with
+    native bf16 (emulated bf16 autocast is many times slower than fp32)."""
+    from llmemf.training import trainer
+
+    official = load_config("configs/models/c2dsr.yaml", ["model.hidden=8"])
+    fast = load_config("configs/models/c2dsr_fast.yaml", ["model.hidden=8"])
+    assert fast.train.bf16 is None and fast.model_params["train_negatives"] > 0
+    m_official = build_model(official.model_name, official.model_params, tiny_bundle)
+    m_fast = build_model(fast.model_name, fast.model_params, tiny_bundle)
+    assert not m_official.prefers_bf16 and m_fast.prefers_bf16
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda native=native: native)
+        assert trainer.train_in_bf16(fast, m_fast) is native
+        assert trainer.train_in_bf16(official, m_official) is False
+
+
 def test_trainer_gives_c2dsr_the_official_betas(tiny_bundle):
     cfg = load_config("configs/models/c2dsr.yaml", ["model.hidden=8"])
     m = build_model(cfg.model_name, cfg.model_params, tiny_bundle)

@@ -165,6 +165,12 @@ class C2DSR(Recommender):
     summary = "GNN-smoothed items, self-attention over X, Y and merged sequences, cross-domain contrastive infomax"
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.98)  # official torch_utils.get_optimizer('adam'); no L2 (see module doc)
 
+    @property
+    def prefers_bf16(self) -> bool:  # type: ignore[override]
+        # The sampled variant is a speed option: it trains in bf16 where the device computes bf16 natively.
+        # The official loss stays in fp32, as the official code runs it.
+        return self.config.train_negatives > 0
+
     def __init__(self, config: C2DSRConfig, bundle: DataBundle):
         super().__init__(config, bundle)
         d = config.hidden

@@ -174,6 +174,8 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     use_bf16 = model.trainable and train_in_bf16(cfg, model)
     if model.trainable:
         log(f"training steps in {'bf16 autocast' if use_bf16 else 'fp32'}; evaluation in {'bf16 autocast' if cfg.eval.bf16 else 'fp32'}")
+        if use_bf16 and torch.device(cfg.device).type == "cpu" and not cpu_has_native_bf16():
+            log("warning: train.bf16=true on a CPU without native bf16 (AVX512-BF16 or AMX): emulated autocast is much slower than fp32")
         select = _evaluators(cfg, bundle, "valid")[cfg.eval.select_protocol]
         fitted = fit(
             model,
