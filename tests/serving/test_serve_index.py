@@ -8,6 +8,7 @@ import sys
 
 import httpx
 import pytest
+import torch
 from serve_helpers import LiveServer
 from typer.testing import CliRunner
 
@@ -87,6 +88,16 @@ def test_http_service_with_the_index(indexed, exact):
         assert client.get("/v1/model").json()["index"] == EXHAUSTIVE
 
 
+def test_fp16_keys_score_every_item_like_exact(exact, llmemf_run):
+    """float16 keys: every item is scored, the scores are exact ones rounded (so near-ties may swap; not here)."""
+    half = ServedModel.load(llmemf_run, index="fp16")
+    assert half.keys(1, "learned").dtype == torch.float16
+    for req in REQUESTS:
+        (ids, scores), (want_ids, want_scores) = answer(half.recommend(req)), answer(exact.recommend(req))
+        assert ids == want_ids
+        assert scores == pytest.approx(want_scores, abs=2e-2)
+
+
 def test_index_needs_the_fused_keys_of_llmemf(sasrec_run):
     with pytest.raises(UserError, match="sasrec has no fused keys to index"):
         ServedModel.load(sasrec_run, index="ivf")
@@ -97,7 +108,7 @@ def test_index_needs_the_fused_keys_of_llmemf(sasrec_run):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("hnsw", "use exact .* or ivf"),
+        ("hnsw", "use exact .*, fp16 or ivf"),
         ("ivf:nlist=0", "'nlist=0' is not"),
         ("ivf:nprobe=x", "'nprobe=x' is not"),
         ("ivf:depth=3", "'depth=3' is not"),
@@ -114,7 +125,8 @@ def test_spec_parsing():
     assert IndexSpec.parse(None) is None and IndexSpec.parse("exact") is None
     assert IndexSpec.parse("ivf") == IndexSpec() and IndexSpec.parse("ivf:nprobe=32,nlist=1024") == IndexSpec(nlist=1024, nprobe=32)
     assert str(IndexSpec(nlist=1024, nprobe=32)) == "ivf:nlist=1024,nprobe=32"
-    assert IndexSpec().lists_for(100_000) == 316 and IndexSpec(nlist=50).lists_for(30) == 30
+    assert IndexSpec.parse("fp16") == IndexSpec(kind="fp16") and str(IndexSpec(kind="fp16")) == "fp16"
+    assert IndexSpec().lists_for(100_000) == 1265 and IndexSpec(nlist=50).lists_for(30) == 30
 
 
 def test_missing_faiss_names_the_extra(llmemf_run, monkeypatch):

@@ -56,8 +56,9 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, help="torch threads per worker for scoring"),
         index: str = typer.Option(
             "exact",
-            help="exact (score every item), or ivf: an approximate index (faiss IVF), faster at large catalogues at some recall; "
-            "knobs as ivf:nlist=1024,nprobe=16 (LLM-EMF with logit fusion; see docs/serving.md)",
+            help="LLM-EMF with logit fusion: exact (score every item), fp16 (score every item against float16 keys: half the bytes, "
+            "rounded scores) or ivf (an approximate index, faiss IVF: far faster at large catalogues, at some recall; "
+            "knobs as ivf:nlist=1024,nprobe=16). See docs/serving.md",
         ),
     ) -> None:
         """Serve recommendations over HTTP (FastAPI on uvicorn) with a web page at / and API docs at /docs."""

@@ -1,4 +1,5 @@
-"""Approximate top-k over a domain's fused keys: `llmemf serve RUN --index ivf` (serving/recommend.py uses it).
+"""Faster, approximate top-k over a domain's fused keys: `llmemf serve RUN --index ivf | fp16` (used by
+serving/recommend.py).
 
 Exact scoring reads every key of the domain per request (N_d x D floats: 460 MB at 100k items of width
 1,154), so it runs at memory bandwidth. An inverted-file index (faiss IVF-Flat, inner product) clusters
@@ -10,9 +11,13 @@ product with the query, so the scores it returns are the exact fused scores of t
 (the same numbers as exact scoring, up to float rounding); only which items reach the list is
 approximate.
 
+float16 keys halve the bytes that the exact scan reads (and the keys' memory); every item is still
+scored, with the query and keys rounded to float16, so the scores are rounded and near-ties may swap.
+
 Spec (one string, the CLI's --index and ``ServedModel.load(index=...)``):
-    exact                       the default: score every item
-    ivf                         IVF-Flat with nlist = sqrt(N_d) lists and nprobe = 8
+    exact                       the default: score every item against float32 keys
+    fp16                        score every item against float16 keys
+    ivf                         IVF-Flat with nlist = 4 sqrt(N_d) lists and nprobe = 16
     ivf:nlist=1024,nprobe=32    either knob set; nprobe = nlist scans every list (exact top-k)
 """
 
@@ -32,17 +37,20 @@ TRAIN_PER_LIST = 64  # k-means training keys per list: enough for stable centroi
 
 @dataclass(frozen=True)
 class IndexSpec:
-    nlist: int | None = None  # None: sqrt(N_d), chosen per domain when the index is built
-    nprobe: int = 8
+    kind: str = "ivf"  # ivf | fp16
+    nlist: int | None = None  # ivf: None = 4 sqrt(N_d) (faiss's rule of thumb), chosen per domain when the index is built
+    nprobe: int = 16
 
     @classmethod
     def parse(cls, text: str | None) -> IndexSpec | None:
-        """None for exact scoring ("exact" or no spec), else the IVF spec; a malformed spec is a UserError."""
+        """None for exact scoring ("exact" or no spec), else the spec; a malformed spec is a UserError."""
         if text is None or text.strip() == "exact":
             return None
+        if text.strip() == "fp16":
+            return cls(kind="fp16")
         kind, _, params = text.strip().partition(":")
         if kind != "ivf":
-            raise UserError(f"--index {text!r}: use exact (the default) or ivf, e.g. ivf or ivf:nlist=1024,nprobe=16")
+            raise UserError(f"--index {text!r}: use exact (the default), fp16 or ivf, e.g. ivf or ivf:nlist=1024,nprobe=16")
         values: dict[str, int] = {}
         for part in filter(None, params.split(",")):
             name, _, value = part.partition("=")
@@ -52,11 +60,13 @@ class IndexSpec:
         return cls(**values)
 
     def __str__(self) -> str:
+        if self.kind == "fp16":
+            return "fp16"
         return "ivf:" + ",".join(f"{k}={v}" for k, v in (("nlist", self.nlist), ("nprobe", self.nprobe)) if v is not None)
 
     def lists_for(self, n_keys: int) -> int:
         """Number of lists for a domain of n_keys items (never more than the keys)."""
-        return max(1, min(self.nlist or round(math.sqrt(n_keys)), n_keys))
+        return max(1, min(self.nlist or round(4 * math.sqrt(n_keys)), n_keys))
 
 
 def import_faiss():

@@ -8,8 +8,9 @@ A ``ServedModel`` loads a run once and answers ``RecommendRequest``s:
              llmemf.data.batching (left padding and the X / Y split live there only)
   score      LLM-EMF with logit fusion: one matmul of ``fused_query`` (B, D) against the domain's precomputed
              ``fused_keys`` (N_d, D), cached per (domain, cold_id). Every other model: ``model.scores``.
-             Or, with an approximate index (``index="ivf"``, serving/index.py; LLM-EMF with logit fusion only),
-             the index's best k + |history| items of the domain, with their exact fused scores.
+             Or, with an approximate index (serving/index.py; LLM-EMF with logit fusion only): ``index="ivf"``,
+             the index's best k + |history| items of the domain with their exact fused scores; ``index="fp16"``,
+             the same matmul against float16 keys.
   top-k      ``torch.topk`` after masking the history (``exclude_history``); never padded with excluded items
   fallback   an empty or all-unknown history gets the domain's most popular training items, flagged
 
@@ -101,13 +102,14 @@ class ServedModel:
         self.fast = getattr(model, "fused_query", None) is not None and getattr(model.config, "fusion", None) == "logits"
         self.cold_modes: tuple[str, ...] = COLD_ID_MODES if hasattr(model, "set_cold_id") else ()  # per-request cold_id
         self._keys: dict[tuple[int, str | None], torch.Tensor] = {}
-        self.index = index  # None: exact scoring; else an approximate index per (domain, cold_id), built on first use
+        self.index = index  # None: exact scoring (float32 keys); else fp16 keys, or an IVF index per (domain, cold_id)
+        self.ivf = index is not None and index.kind == "ivf"
         self._indexes: dict[tuple[int, str | None], IVFIndex] = {}
-        if index is not None:
-            if not self.fast:
-                raise UserError(
-                    f"--index: model {model_name} has no fused keys to index (only LLM-EMF with fusion=logits has); serve it without --index"
-                )
+        if index is not None and not self.fast:
+            raise UserError(
+                f"--index {index}: model {model_name} has no fused keys to index (only LLM-EMF with fusion=logits has); serve it without --index"
+            )
+        if self.ivf:
             import_faiss()  # a missing faiss is said now, not at the first request
         self._lock = threading.Lock()  # model state (cold_id on the slow path) and the key cache
 
@@ -219,7 +221,8 @@ class ServedModel:
         if key not in self._keys:
             with self._lock, torch.inference_mode():
                 if key not in self._keys:
-                    self._keys[key] = self.model.fused_keys(domain, cold_id).contiguous()
+                    dtype = torch.float16 if self.index is not None and self.index.kind == "fp16" else torch.float32
+                    self._keys[key] = self.model.fused_keys(domain, cold_id).to(dtype).contiguous()
         return self._keys[key]
 
     def ann_index(self, domain: int, cold_id: str | None) -> IVFIndex:
@@ -236,7 +239,7 @@ class ServedModel:
         """Precompute both domains' keys (or index) under the run's own policy (the service does this at start)."""
         if self.fast:
             for d in (0, 1):
-                if self.index is None:
+                if not self.ivf:
                     self.keys(d, self.model.config.cold_id)
                 else:
                     self.ann_index(d, self.model.config.cold_id)
@@ -249,7 +252,7 @@ class ServedModel:
             keys = self.keys(domain, cold_id)
             with self._lock:  # the encoders are shared modules; one forward at a time
                 q = self.model.fused_query(batch, domain)  # (B, D)
-            return q @ keys.T
+            return (q.to(keys.dtype) @ keys.T).float()
         with self._lock:
             before = getattr(self.model.config, "cold_id", None)
             if cold_id is not None and cold_id != before:
@@ -284,7 +287,7 @@ class ServedModel:
                 results[i] = self._top(requests[i], dom, cold, ids, unknown, self.popularity[slice(*self.bundle.domain_range(dom))], True)
         for (dom, cold), rows in groups.items():
             histories = [resolved[i][0] for i in rows]
-            if self.index is None:
+            if not self.ivf:
                 scores, local = self.score(histories, dom, cold), [None] * len(rows)
             else:  # k + |seen| candidates, so that k remain after the history's items are dropped
                 n = max(requests[i].k + len(self._seen(requests[i], dom, resolved[i][0])) for i in rows)
