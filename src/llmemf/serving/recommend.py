@@ -115,7 +115,7 @@ class ServedModel:
 
     @classmethod
     def load(cls, run_dir: str | Path, index: str | None = None) -> ServedModel:
-        """Load a run; ``index``: "exact" / None, or an approximate index spec such as "ivf" (serving/index.py)."""
+        """Load a run; ``index``: "exact" / None, "fp16" or "ivf[:nlist=N,nprobe=N]" (serving/index.py)."""
         from llmemf.training.trainer import load_run
 
         path = Path(run_dir)
