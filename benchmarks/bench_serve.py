@@ -1,7 +1,9 @@
-"""Issue 17: serving latency in-process and over HTTP, and an approximate index at 1M items.
+"""Issue 17: serving latency in-process and over HTTP, with and without the service's --index, and an
+approximate index at 1M items.
 
     .venv/bin/python benchmarks/bench_serve.py DATASET_DIR --work SCRATCH_DIR [--sizes 100000,1000000]
         [--requests 1000] [--threads 1] [--http-requests 1000] [--http-seconds 60] [--skip-http] [--skip-ann]
+        [--index fp16 --index ivf:nlist=1024,nprobe=16 ...]
 
 Nothing is trained: latency does not depend on the weights, so every model is LLM-EMF at its real
 size (d_id 256, 2 blocks; img 512-d and txt 384-d frozen features, random unit vectors where the
@@ -15,10 +17,18 @@ dataset has none: said in the output), randomly initialised, written as a run di
    ``model.scores`` (which re-normalises the ID keys per call).
    Synthetic catalogues: N items per domain, 2,000 users with random histories; at 100k the full
    model, at 1M ID-only keys (d 256) to bound memory (1M x 1154 fp32 keys would be 4.6 GB a domain).
+   Their ID vectors and features are drawn around 2,000 cluster centres (each item's cluster shared by
+   its ID and features), noise as large as the centres.
+   Then each --index spec (default fp16 and ivf) on the same model and requests: build time (both
+   domains, as at the service's start), p50 / p99, the ratio to exact scoring timed again right before,
+   and recall@10 against the exact answers. Recall depends on how the keys cluster: on DATASET_DIR's
+   random features and random ID vectors (no structure at all: the worst case for an index) it is far
+   below that of the clustered synthetic keys, and neither is a trained model's.
 2. HTTP: `llmemf serve RUN --threads T` in a subprocess on 127.0.0.1, and a bounded async httpx
    loop (each request times out after 10 s; each level stops at --http-requests or --http-seconds)
    at concurrency 1 and 16: client-side latency p50 / p99 and completed requests per second. The load
-   generator shares the machine's cores with the server.
+   generator shares the machine's cores with the server. Then the same with each --index spec, with
+   recall@10 of its answers against the exact server's answers to the same bodies.
 3. 1M items: faiss IVF-Flat (inner product, nlist 1024, nprobe 16 / 64) over the ID keys vs exact
    torch scoring: p99 per single query, build time, recall@10 against exact. The synthetic ID
    vectors are drawn around 2,000 cluster centres with noise as large as the centres (cosine ~0.5
@@ -50,9 +60,11 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
 from llmemf.features.store import Feature, FeatureManifest, list_features, save_feature
 from llmemf.models.base import build_model
+from llmemf.serving.index import IndexSpec
 from llmemf.serving.recommend import RecommendRequest, ServedModel
 
 FEATURES = {"img": 512, "txt_llm": 384}  # CLIP ViT-B/32 and all-MiniLM-L6-v2 widths
+N_CLUSTERS = 2000  # clusters of the synthetic item vectors
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -63,8 +75,15 @@ def load_avg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def add_random_features(root: Path, seed: int) -> list[str]:
-    """Random unit features where the dataset lacks img / txt_llm (speed only); returns the names written."""
+def item_clusters(n_items: int, seed: int) -> np.ndarray:
+    """Each item's cluster (of N_CLUSTERS), shared by its ID vector and its features, so that fused keys cluster
+    as a trained model's do (an approximate index's recall depends on it; latency does not)."""
+    return np.random.default_rng(seed + 1).integers(0, N_CLUSTERS, n_items)
+
+
+def add_random_features(root: Path, seed: int, clustered: bool = False) -> list[str]:
+    """Random features where the dataset lacks img / txt_llm (speed only; clustered: around item_clusters'
+    centres, noise as large as the centres); returns the names written."""
     ds = Dataset.load(root)
     have = set(list_features(root))
     rng = np.random.default_rng(seed)
@@ -73,6 +92,8 @@ def add_random_features(root: Path, seed: int) -> list[str]:
         if name in have:
             continue
         values = rng.standard_normal((ds.n_items, dim), dtype=np.float32)
+        if clustered:
+            values += rng.standard_normal((N_CLUSTERS, dim), dtype=np.float32)[item_clusters(ds.n_items, seed)]
         manifest = FeatureManifest(name=name, encoder="random-bench", weights="none", dim=dim, n_items=ds.n_items, dtype="float32")
         save_feature(root, Feature(manifest, values, np.ones(ds.n_items, dtype=bool)))
         written.append(name)
@@ -113,8 +134,8 @@ def write_run(dataset: Path, out: Path, seed: int, modalities: list[str], cluste
     if cluster_ids:
         w = model.item_id.weight.data
         gen = torch.Generator().manual_seed(seed)
-        centres = torch.randn(2000, w.shape[1], generator=gen)
-        w.copy_(centres[torch.randint(0, 2000, (w.shape[0],), generator=gen)] + torch.randn(w.shape, generator=gen))
+        centres = torch.randn(N_CLUSTERS, w.shape[1], generator=gen)
+        w.copy_(centres[torch.from_numpy(item_clusters(w.shape[0], seed))] + torch.randn(w.shape, generator=gen))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_to_yaml(cfg))
     torch.save(model.state_dict(), out / "best.pt")
@@ -130,26 +151,63 @@ def requests_of(dataset: Path, n: int, domain: str | None) -> list[RecommendRequ
     return out
 
 
-def time_requests(served: ServedModel, reqs: list[RecommendRequest]) -> list[float]:
+def time_requests(served: ServedModel, reqs: list[RecommendRequest]) -> tuple[list[float], list[list[int]]]:
+    """(latency of each request, the item ids it answered)."""
     for r in reqs[:10]:  # warm-up (and the keys of both domains)
         served.recommend(r)
-    times = []
+    times, answers = [], []
     for r in reqs:
         t = time.perf_counter()
-        served.recommend(r)
+        res = served.recommend(r)
         times.append(time.perf_counter() - t)
-    return times
+        answers.append([i.item_id for i in res.items])
+    return times, answers
 
 
-def in_process(label: str, served: ServedModel, reqs: list[RecommendRequest], baseline_n: int, rows: list) -> None:
-    fast = time_requests(served, reqs)
+def recall(answers: list[list[int]], exact: list[list[int]]) -> float:
+    """Mean share of the exact answer's items that an approximate answer holds (recall@k, k = 10 here)."""
+    return float(np.mean([len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(answers, exact, strict=True)]))
+
+
+def in_process(label: str, served: ServedModel, reqs: list[RecommendRequest], baseline_n: int, rows: list) -> list[list[int]]:
+    """Times the fused-key path and the model.scores baseline; returns the exact answers."""
+    fast, answers = time_requests(served, reqs)
     served.fast = False
-    slow = time_requests(served, reqs[:baseline_n])
+    slow, _ = time_requests(served, reqs[:baseline_n])
     served.fast = True
     n_items = served.bundle.domain_range(1)[0]
     d = served.keys(0, served.model.config.cold_id).shape[1]
     rows.append((label, n_items, d, len(fast), pct(fast, 50), pct(fast, 99), len(slow), pct(slow, 50), pct(slow, 99), pct(slow, 50) / pct(fast, 50)))
     print(f"  {label}: fused keys p50 {pct(fast, 50):.2f} ms p99 {pct(fast, 99):.2f} ms; model.scores p50 {pct(slow, 50):.2f} ms", flush=True)
+    return answers
+
+
+def in_process_index(label: str, served: ServedModel, spec: str, reqs: list[RecommendRequest], exact: tuple, rows: list) -> None:
+    """The same requests answered with `--index spec` (the same model): build time, latency, recall@10 against
+    the exact answers; ``exact`` is (latencies, answers) of exact scoring in this run."""
+    indexed = ServedModel(served.model, served.bundle, served.model_name, index=IndexSpec.parse(spec))
+    t = time.perf_counter()
+    indexed.warm_up()  # both domains' keys or index, as the service builds them before it answers
+    build = time.perf_counter() - t
+    times, answers = time_requests(indexed, reqs)
+    exact_t, exact_answers = exact
+    rows.append(
+        (
+            label,
+            spec,
+            build,
+            len(times),
+            pct(times, 50),
+            pct(times, 99),
+            pct(exact_t, 50) / pct(times, 50),
+            pct(exact_t, 99) / pct(times, 99),
+            recall(answers, exact_answers),
+        )
+    )
+    print(
+        f"  {label} --index {spec}: built in {build:.0f} s, p50 {pct(times, 50):.2f} ms p99 {pct(times, 99):.2f} ms, recall@10 {rows[-1][-1]:.3f}",
+        flush=True,
+    )
 
 
 # ---- HTTP -------------------------------------------------------------------------------------
@@ -159,10 +217,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load_loop(url: str, bodies: list[dict], concurrency: int, n: int, seconds: float) -> tuple[list[float], int, float]:
+async def load_loop(url: str, bodies: list[dict], concurrency: int, n: int, seconds: float) -> tuple[list[float], int, float, dict[int, list[int]]]:
+    """(latencies, errors, wall seconds, the item ids answered to each body index)."""
     import httpx
 
     lat: list[float] = []
+    answers: dict[int, list[int]] = {}
     errors = 0
     counter = iter(range(n))
     t0 = time.perf_counter()
@@ -183,19 +243,23 @@ async def load_loop(url: str, bodies: list[dict], concurrency: int, n: int, seco
                     ok = False
                 if ok:
                     lat.append(time.perf_counter() - t)
+                    answers[i % len(bodies)] = [item["item_id"] for item in r.json()["items"]]
                 else:
                     errors += 1
 
         await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), seconds + 30)
-    return lat, errors, time.perf_counter() - t0
+    return lat, errors, time.perf_counter() - t0, answers
 
 
-def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: list) -> None:
+def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: list, index: str = "exact", exact: dict | None = None) -> dict:
+    """`llmemf serve RUN --index index` under load; recall@10 against ``exact`` (body index -> item ids of the
+    exact server, concurrency 1) where given. Returns this server's answers at concurrency 1."""
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "llmemf.cli", "serve", str(run), "--port", str(port), "--threads", str(args.threads)]
+    cmd = [sys.executable, "-m", "llmemf.cli", "serve", str(run), "--port", str(port), "--threads", str(args.threads), "--index", index]
+    answers_c1: dict[int, list[int]] = {}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 600
@@ -213,10 +277,15 @@ def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: 
         bodies = [{"history": r.history, "domain": r.domain, "k": r.k} for r in reqs]
         asyncio.run(load_loop(url, bodies, 1, 20, 60))  # warm-up
         for c in args.concurrency:
-            lat, errors, wall = asyncio.run(load_loop(url, bodies, c, args.http_requests, args.http_seconds))
-            rows.append((label, c, len(lat), errors, pct(lat, 50), pct(lat, 99), len(lat) / wall))
+            lat, errors, wall, answers = asyncio.run(load_loop(url, bodies, c, args.http_requests, args.http_seconds))
+            if c == 1:
+                answers_c1 = answers
+            common = sorted(set(answers) & set(exact or {}))
+            rec = recall([answers[i] for i in common], [exact[i] for i in common]) if common else float("nan")
+            rows.append((label, index, c, len(lat), errors, pct(lat, 50), pct(lat, 99), len(lat) / wall, rec))
             print(
-                f"  {label} c={c}: {len(lat)} ok, {errors} errors, p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, {len(lat) / wall:.1f} req/s",
+                f"  {label} --index {index} c={c}: {len(lat)} ok, {errors} errors, p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, "
+                f"{len(lat) / wall:.1f} req/s, recall@10 {rec:.3f}",
                 flush=True,
             )
         print(f"  server batching: {httpx.get(url + '/health').json()['batching']}")
@@ -226,6 +295,7 @@ def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: 
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    return answers_c1
 
 
 # ---- approximate index ------------------------------------------------------------------------
@@ -287,9 +357,15 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-ann", action="store_true")
+    ap.add_argument(
+        "--index",
+        action="append",
+        help="a `llmemf serve --index` spec to compare with exact scoring in-process and over HTTP (repeatable; default fp16 and ivf)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.index = args.index or ["fp16", "ivf"]
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"bench_serve: {args.threads} thread(s), {os.cpu_count()} cores, load average {load_avg()} at start (the machine may be shared)")
@@ -308,8 +384,13 @@ def main() -> None:
     for n in sizes:
         root = synthetic_dataset(args.work / f"syn_{n}", n, args.seed)
         if n <= 200_000:
-            add_random_features(root, args.seed)
-            runs[f"synthetic {n:,}"] = (write_run(root, args.work / f"run_syn_{n}", args.seed, ["id", "img", "txt"]), root, "X", False)
+            add_random_features(root, args.seed, clustered=True)
+            runs[f"synthetic {n:,}"] = (
+                write_run(root, args.work / f"run_syn_{n}", args.seed, ["id", "img", "txt"], cluster_ids=True),
+                root,
+                "X",
+                False,
+            )
         runs[f"synthetic {n:,} (ID keys only)"] = (
             write_run(root, args.work / f"run_syn_{n}_id", args.seed, ["id"], cluster_ids=True),
             root,
@@ -317,7 +398,7 @@ def main() -> None:
             n == max(sizes),  # the approximate index on the largest catalogue
         )
 
-    inproc, http, ann = [], [], []
+    inproc, indexed, http, ann = [], [], [], []
     ann_label = next((k for k, v in runs.items() if v[3]), "")
     print("\n[1] in-process scoring (ServedModel.recommend, k=10)")
     for label, (run, root, domain, with_ann) in runs.items():
@@ -325,7 +406,10 @@ def main() -> None:
         reqs = requests_of(root, args.requests, domain)
         print(f"  {label}: loaded {run}, load average {load_avg()}", flush=True)
         big = served.bundle.domain_range(1)[0] >= 500_000
-        in_process(label, served, reqs, min(args.baseline_requests, 50) if big else args.baseline_requests, inproc)
+        exact_answers = in_process(label, served, reqs, min(args.baseline_requests, 50) if big else args.baseline_requests, inproc)
+        exact_times, _ = time_requests(served, reqs)  # exact again, right before the index rows (the load drifts)
+        for spec in args.index:
+            in_process_index(label, served, spec, reqs, (exact_times, exact_answers), indexed)
         if not args.skip_ann and with_ann:
             print(f"\n[3] approximate index at {label} (ID keys, clustered synthetic vectors)")
             ann_bench(served, reqs, args.threads, ann)
@@ -338,7 +422,9 @@ def main() -> None:
             if "ID keys only" in label:
                 continue
             reqs = requests_of(root, min(args.requests, 500), domain)
-            http_bench(label, run, reqs, args, http)
+            exact = http_bench(label, run, reqs, args, http)
+            for spec in args.index:
+                http_bench(label, run, reqs, args, http, spec, exact)
 
     print(f"\nload average at end {load_avg()}; {args.threads} torch thread(s)\n")
     print(
@@ -349,15 +435,24 @@ def main() -> None:
         )
     )
     print("(in-process; baseline = the generic model.scores path, measured in the same run)\n")
+    if indexed:
+        print(
+            table(
+                ("catalogue", "index", "build s", "n", "p50 ms", "p99 ms", "exact/index p50", "exact/index p99", "recall@10"),
+                indexed,
+                ("{}", "{}", "{:.1f}", "{}", "{:.2f}", "{:.2f}", "{:.1f}x", "{:.1f}x", "{:.3f}"),
+            )
+        )
+        print("(in-process; exact = the fused-key path timed again right before, same requests; recall@10 against its answers)\n")
     if http:
         print(
             table(
-                ("catalogue", "concurrency", "ok", "errors", "p50 ms", "p99 ms", "req/s"),
+                ("catalogue", "index", "concurrency", "ok", "errors", "p50 ms", "p99 ms", "req/s", "recall@10"),
                 http,
-                ("{}", "{}", "{}", "{}", "{:.1f}", "{:.1f}", "{:.1f}"),
+                ("{}", "{}", "{}", "{}", "{}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.3f}"),
             )
         )
-        print("(HTTP, client-side latency; client and server share the cores)\n")
+        print("(HTTP, client-side latency; client and server share the cores; recall@10 against the exact server's answers to the same bodies)\n")
     if ann:
         print(table((f"{ann_label}, domain X", "build s", "p50 ms", "p99 ms", "recall@10"), ann, ("{}", "{}", "{:.2f}", "{:.2f}", "{:.3f}")))
         print("(single queries; recall@10 against exact scoring of the same keys)")

@@ -218,6 +218,7 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
             },
             "cold_id": list(s.cold_modes),
             "scores_new_histories": s.scores_new_histories,
+            "index": str(s.index or "exact"),
             "test": results.get("test"),
         }
 
@@ -324,7 +325,8 @@ class _Catalogue:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for --workers > 1 (each worker process loads the runs): LLMEMF_SERVE_RUNS (os.pathsep-
-    separated run directories) and LLMEMF_SERVE_THREADS."""
+    separated run directories), LLMEMF_SERVE_THREADS and LLMEMF_SERVE_INDEX (serve's --index)."""
     torch.set_num_threads(int(os.environ.get("LLMEMF_SERVE_THREADS", "1")))
     dirs = [Path(p) for p in os.environ["LLMEMF_SERVE_RUNS"].split(os.pathsep)]
-    return create_app([ServedModel.load(d) for d in dirs])
+    index = os.environ.get("LLMEMF_SERVE_INDEX", "exact")
+    return create_app([ServedModel.load(d, index=index) for d in dirs])

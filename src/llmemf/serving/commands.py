@@ -54,6 +54,12 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8000, help="TCP port"),
         workers: int = typer.Option(1, help="worker processes (each loads the runs)"),
         threads: int = typer.Option(1, help="torch threads per worker for scoring"),
+        index: str = typer.Option(
+            "exact",
+            help="LLM-EMF with logit fusion: exact (score every item), fp16 (score every item against float16 keys: half the bytes, "
+            "rounded scores) or ivf (an approximate index, faiss IVF: far faster at large catalogues, at some recall; "
+            "knobs as ivf:nlist=1024,nprobe=16). See docs/serving.md",
+        ),
     ) -> None:
         """Serve recommendations over HTTP (FastAPI on uvicorn) with a web page at / and API docs at /docs."""
         try:
@@ -64,15 +70,17 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"`llmemf serve` needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
         import torch
 
+        from llmemf.serving.index import IndexSpec
         from llmemf.serving.recommend import ServedModel
 
         if workers < 1 or threads < 1:
             raise UserError("--workers and --threads must be at least 1")
+        IndexSpec.parse(index)  # a bad spec fails before any run is loaded
         if host not in ("127.0.0.1", "localhost", "::1"):
             typer.secho(f"warning: binding {host}: the service has no authentication", fg=typer.colors.YELLOW, err=True)
         if workers == 1:
             torch.set_num_threads(threads)
-            app_ = create_app([ServedModel.load(r) for r in runs])
+            app_ = create_app([ServedModel.load(r, index=index) for r in runs])
             typer.echo(f"serving {', '.join(map(str, runs))} on http://{host}:{port}/ (docs at /docs)")
             uvicorn.run(app_, host=host, port=port, log_level="warning")
             return
@@ -81,5 +89,6 @@ def register(app: typer.Typer) -> None:
                 raise UserError(f"{r}: no config.yaml; give a run directory written by `llmemf train`")
         os.environ["LLMEMF_SERVE_RUNS"] = os.pathsep.join(str(r.resolve()) for r in runs)
         os.environ["LLMEMF_SERVE_THREADS"] = str(threads)
+        os.environ["LLMEMF_SERVE_INDEX"] = index
         typer.echo(f"serving {', '.join(map(str, runs))} on http://{host}:{port}/ with {workers} workers (docs at /docs)")
         uvicorn.run("llmemf.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")

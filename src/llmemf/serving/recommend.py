@@ -8,6 +8,9 @@ A ``ServedModel`` loads a run once and answers ``RecommendRequest``s:
              llmemf.data.batching (left padding and the X / Y split live there only)
   score      LLM-EMF with logit fusion: one matmul of ``fused_query`` (B, D) against the domain's precomputed
              ``fused_keys`` (N_d, D), cached per (domain, cold_id). Every other model: ``model.scores``.
+             Or, with an approximate index (serving/index.py; LLM-EMF with logit fusion only): ``index="ivf"``,
+             the index's best k + |history| items of the domain with their exact fused scores; ``index="fp16"``,
+             the same matmul against float16 keys.
   top-k      ``torch.topk`` after masking the history (``exclude_history``); never padded with excluded items
   fallback   an empty or all-unknown history gets the domain's most popular training items, flagged
 
@@ -29,6 +32,7 @@ from llmemf.data.batching import Batch, DataBundle, domain_masks, left_pad
 from llmemf.errors import UserError
 from llmemf.models.base import Recommender
 from llmemf.models.llmemf import COLD_ID_MODES
+from llmemf.serving.index import IndexSpec, IVFIndex, import_faiss
 
 MAX_K = 1000  # largest k a request may ask for
 MAX_HISTORY = 1000  # longest history a request may send (the model reads its last max_len items)
@@ -78,7 +82,9 @@ class RecommendResult:
 class ServedModel:
     """A trained run loaded once for answering requests (thread-safe: scoring is serialised)."""
 
-    def __init__(self, model: Recommender, bundle: DataBundle, model_name: str, run_dir: Path | None = None, config=None):
+    def __init__(
+        self, model: Recommender, bundle: DataBundle, model_name: str, run_dir: Path | None = None, config=None, index: IndexSpec | None = None
+    ):
         self.model = model.eval()
         self.bundle = bundle
         self.model_name = model_name
@@ -96,10 +102,20 @@ class ServedModel:
         self.fast = getattr(model, "fused_query", None) is not None and getattr(model.config, "fusion", None) == "logits"
         self.cold_modes: tuple[str, ...] = COLD_ID_MODES if hasattr(model, "set_cold_id") else ()  # per-request cold_id
         self._keys: dict[tuple[int, str | None], torch.Tensor] = {}
+        self.index = index  # None: exact scoring (float32 keys); else fp16 keys, or an IVF index per (domain, cold_id)
+        self.ivf = index is not None and index.kind == "ivf"
+        self._indexes: dict[tuple[int, str | None], IVFIndex] = {}
+        if index is not None and not self.fast:
+            raise UserError(
+                f"--index {index}: model {model_name} has no fused keys to index (only LLM-EMF with fusion=logits has); serve it without --index"
+            )
+        if self.ivf:
+            import_faiss()  # a missing faiss is said now, not at the first request
         self._lock = threading.Lock()  # model state (cold_id on the slow path) and the key cache
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> ServedModel:
+    def load(cls, run_dir: str | Path, index: str | None = None) -> ServedModel:
+        """Load a run; ``index``: "exact" / None, "fp16" or "ivf[:nlist=N,nprobe=N]" (serving/index.py)."""
         from llmemf.training.trainer import load_run
 
         path = Path(run_dir)
@@ -110,8 +126,9 @@ class ServedModel:
             raise UserError(f"{path}: not a llmemf run directory (no config.yaml)")
         if path.is_dir() and not (run_dir / "best.pt").is_file():
             raise UserError(f"{path}: no best.pt (training has not finished an epoch); train it with `llmemf train`")
+        spec = IndexSpec.parse(index)  # a bad spec fails before the run is loaded
         cfg, bundle, model = load_run(path)
-        return cls(model, bundle, cfg.model_name, run_dir=run_dir, config=cfg)
+        return cls(model, bundle, cfg.model_name, run_dir=run_dir, config=cfg, index=spec)
 
     # ---- input ---------------------------------------------------------------------------------
     @property
@@ -204,14 +221,28 @@ class ServedModel:
         if key not in self._keys:
             with self._lock, torch.inference_mode():
                 if key not in self._keys:
-                    self._keys[key] = self.model.fused_keys(domain, cold_id).contiguous()
+                    dtype = torch.float16 if self.index is not None and self.index.kind == "fp16" else torch.float32
+                    self._keys[key] = self.model.fused_keys(domain, cold_id).to(dtype).contiguous()
         return self._keys[key]
 
+    def ann_index(self, domain: int, cold_id: str | None) -> IVFIndex:
+        """The approximate index of a domain's fused keys under a cold-start policy, built once. The keys
+        themselves are not kept: the index holds them."""
+        key = (domain, cold_id)
+        if key not in self._indexes:
+            with self._lock, torch.inference_mode():
+                if key not in self._indexes:
+                    self._indexes[key] = IVFIndex(self.model.fused_keys(domain, cold_id), self.index)
+        return self._indexes[key]
+
     def warm_up(self) -> None:
-        """Precompute both domains' keys under the run's own policy (the service does this at start)."""
+        """Precompute both domains' keys (or index) under the run's own policy (the service does this at start)."""
         if self.fast:
             for d in (0, 1):
-                self.keys(d, self.model.config.cold_id)
+                if not self.ivf:
+                    self.keys(d, self.model.config.cold_id)
+                else:
+                    self.ann_index(d, self.model.config.cold_id)
 
     @torch.inference_mode()
     def score(self, histories: list[list[int]], domain: int, cold_id: str | None) -> torch.Tensor:
@@ -221,7 +252,7 @@ class ServedModel:
             keys = self.keys(domain, cold_id)
             with self._lock:  # the encoders are shared modules; one forward at a time
                 q = self.model.fused_query(batch, domain)  # (B, D)
-            return q @ keys.T
+            return (q.to(keys.dtype) @ keys.T).float()
         with self._lock:
             before = getattr(self.model.config, "cold_id", None)
             if cold_id is not None and cold_id != before:
@@ -231,6 +262,16 @@ class ServedModel:
             finally:
                 if cold_id is not None and cold_id != before:
                     self.model.set_cold_id(before)
+
+    @torch.inference_mode()
+    def search(self, histories: list[list[int]], domain: int, cold_id: str | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximate index: (scores, local item indices), each (B, n), of the index's best n items for each
+        history; index -1 where fewer were found. The scores are exact fused scores (see serving/index.py)."""
+        batch = self.history_batch(histories)
+        index = self.ann_index(domain, cold_id)
+        with self._lock:  # the encoders are shared modules; one forward at a time
+            q = self.model.fused_query(batch, domain)  # (B, D)
+        return index.search(q, n)
 
     @torch.inference_mode()
     def recommend_many(self, requests: list[RecommendRequest]) -> list[RecommendResult]:
@@ -245,24 +286,57 @@ class ServedModel:
             else:
                 results[i] = self._top(requests[i], dom, cold, ids, unknown, self.popularity[slice(*self.bundle.domain_range(dom))], True)
         for (dom, cold), rows in groups.items():
-            scores = self.score([resolved[i][0] for i in rows], dom, cold)
-            for i, s in zip(rows, scores, strict=True):
-                results[i] = self._top(requests[i], dom, cold, *resolved[i], s, False)
+            histories = [resolved[i][0] for i in rows]
+            if not self.ivf:
+                scores, local = self.score(histories, dom, cold), [None] * len(rows)
+            else:  # k + |seen| candidates, so that k remain after the history's items are dropped
+                n = max(requests[i].k + len(self._seen(requests[i], dom, resolved[i][0])) for i in rows)
+                scores, local = self.search(histories, dom, cold, min(n, self.domain_size(dom)))
+            for i, s, cand in zip(rows, scores, local, strict=True):
+                results[i] = self._top(requests[i], dom, cold, *resolved[i], s, False, cand)
         return results  # type: ignore[return-value]
 
     def recommend(self, request: RecommendRequest) -> RecommendResult:
         return self.recommend_many([request])[0]
 
-    def _top(self, req: RecommendRequest, dom: int, cold: str | None, ids: list[int], unknown: list, scores: torch.Tensor, fallback: bool):
+    def domain_size(self, dom: int) -> int:
         lo, hi = self.bundle.domain_range(dom)
-        seen = sorted({i - lo for i in ids if lo <= i < hi}) if req.exclude_history else []
-        if seen:
-            scores = scores.clone()
-            scores[seen] = -torch.inf
-        top = torch.topk(scores, min(req.k, hi - lo - len(seen)))  # never pad the list with excluded items
+        return hi - lo
+
+    def _seen(self, req: RecommendRequest, dom: int, ids: list[int]) -> list[int]:
+        """Local indices (in the domain) of the history's items to exclude from the answer."""
+        lo, hi = self.bundle.domain_range(dom)
+        return sorted({i - lo for i in ids if lo <= i < hi}) if req.exclude_history else []
+
+    def _top(
+        self,
+        req: RecommendRequest,
+        dom: int,
+        cold: str | None,
+        ids: list[int],
+        unknown: list,
+        scores: torch.Tensor,
+        fallback: bool,
+        candidates: torch.Tensor | None = None,
+    ) -> RecommendResult:
+        """The top k of ``scores``: of every item of the domain, or (approximate index) of ``candidates``, the
+        local indices that ``scores`` belong to (-1: none)."""
+        seen = self._seen(req, dom, ids)
+        if candidates is None:
+            if seen:
+                scores = scores.clone()
+                scores[seen] = -torch.inf
+            top = torch.topk(scores, min(req.k, self.domain_size(dom) - len(seen)))  # never pad the list with excluded items
+            local = top.indices
+        else:
+            keep = (candidates >= 0) & ~torch.isin(candidates, torch.tensor(seen, dtype=candidates.dtype))
+            scores, candidates = scores[keep], candidates[keep]
+            top = torch.topk(scores, min(req.k, len(scores)))
+            local = candidates[top.indices]
+        lo = self.bundle.domain_range(dom)[0]
         items = []
-        for s, local in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            rec = self.item(lo + local)
+        for s, i in zip(top.values.tolist(), local.tolist(), strict=True):
+            rec = self.item(lo + i)
             rec.score = s if math.isfinite(s) else None  # a model's -inf (masked item) has no JSON form
             items.append(rec)
         return RecommendResult(self.domain_names[dom], items, ids, unknown, fallback, cold)
