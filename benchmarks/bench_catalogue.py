@@ -67,10 +67,11 @@ def make_catalogue(n_per_domain: int, n_users: int, seed: int = 0):
 def child(n_items: int, args) -> dict:
     import torch
 
+    from llmemf.config import TrainConfig
     from llmemf.data.batching import DataBundle
     from llmemf.evaluation.protocols import Evaluator
     from llmemf.models.base import build_model
-    from llmemf.training.trainer import cpu_has_native_bf16
+    from llmemf.training.trainer import cpu_has_native_bf16, make_optimizer
 
     torch.set_num_threads(args.threads)
     bf16 = cpu_has_native_bf16()
@@ -87,7 +88,7 @@ def child(n_items: int, args) -> dict:
             continue
         torch.manual_seed(0)
         model = build_model("llmemf", {"modalities": ["id"], "d_id": args.d_id, "train_negatives": negatives}, bundle)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = make_optimizer(model, TrainConfig())  # the trainer's: lazy Adam rows for the sparse ID table
         times, opt_times = [], []
         for i, batch in enumerate(batches):
             t = time.perf_counter()

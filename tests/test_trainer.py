@@ -132,5 +132,23 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, make_tiny):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
 
 
+def test_llmemf_sampled_softmax_resumes_exactly_with_its_lazy_adam_state(tiny_dataset, tiny_bundle, tmp_path):
+    quiet = lambda *_: None  # noqa: E731
+    args = ("model.name=llmemf", "model.d_id=16", "model.n_blocks=1", "model.modalities=[id]", "model.train_negatives=10", "train.patience=9")
+    train(_cfg(tiny_dataset.root, tmp_path / "r", *args, "train.epochs=1"), tiny_bundle, log=quiet)
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert any(s["exp_avg"].shape[0] == tiny_bundle.n_items + 1 for s in state.values())  # the ID table's moments
+    lines = []
+    train(_cfg(tiny_dataset.root, tmp_path / "r", *args, "train.epochs=3"), tiny_bundle, log=lines.append)
+    assert any("after epoch 1 " in line for line in lines), lines
+    train(_cfg(tiny_dataset.root, tmp_path / "s", *args, "train.epochs=3"), tiny_bundle, log=quiet)
+    resumed, straight = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("r", "s"))
+    for k, v in straight["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    for i, s in straight["optimizer"]["state"].items():
+        for k, v in s.items():
+            assert torch.equal(resumed["optimizer"]["state"][i][k], v), (i, k)
+
+
 def _cli_overrides(ds_root, out, extra):
     return [f"dataset={ds_root}", f"out={out}", "train.progress=false", "model.name=sasrec", "eval.n_negatives=50", *extra]

@@ -108,7 +108,9 @@ class LLMEMF(Recommender):
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         self.weights = {"id": 1.0, "img": config.alpha, "txt": config.beta}
         n = self.n_items
-        self.item_id = nn.Embedding(n + 1, config.d_id, padding_idx=self.pad_id)
+        # The sampled softmax reads a few rows of the ID table per step: a sparse gradient of those rows
+        # lets the optimiser update them alone, so a step costs the same at any catalogue size.
+        self.item_id = nn.Embedding(n + 1, config.d_id, padding_idx=self.pad_id, sparse=config.train_negatives > 0)
         nn.init.normal_(self.item_id.weight, std=config.d_id**-0.5)
         widths = {"id": config.d_id}
         self.feature_info: dict[str, str] = {}
@@ -176,7 +178,9 @@ class LLMEMF(Recommender):
         if m == "id":
             if self.config.cold_id == "content" and not self.training:
                 return self._content_imputed_ids()[ids]
-            return self.item_id.weight[ids]
+            if isinstance(ids, slice):
+                return self.item_id.weight[ids]
+            return F.embedding(ids, self.item_id.weight, sparse=self.item_id.sparse)  # no padding_idx: the pad row learns, as ever
         start, end = self.frozen_cols[m]
         rows = self.frozen_keys[ids, start : end - 1].float()
         return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, self.missing[m].float())
