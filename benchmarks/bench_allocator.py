@@ -37,7 +37,6 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
     from llmemf.models.base import build_model
-    from llmemf.training.optim import LazyAdam
     from llmemf.training.trainer import cpu_has_native_bf16
 
     runtime.setup_allocator()  # only the "glibc mallopt" setting asks it to do something
@@ -49,7 +48,7 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     batches = [all_batches[i] for i in pick]
     params = {"modalities": ["id"]} if model_name == "llmemf" else {"hidden": 256}
     model = build_model(model_name, params, bundle)
-    opt = LazyAdam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     bf16 = cpu_has_native_bf16()
     times = []
     for i, batch in enumerate(batches):

@@ -123,7 +123,8 @@ torch.manual_seed(world.rank)  # different initial weights per rank: DDP must st
 bundle = DataBundle(Dataset.load(sys.argv[1]), 10)
 model = build_model("llmemf", {"d_id": 8, "n_blocks": 1, "modalities": ["id"], "train_negatives": 10}, bundle)
 first = model.item_id.weight.detach().clone()
-fit(model, bundle, TrainConfig(epochs=1, batch_size=32, progress=False), Evaluator(bundle, "valid", "full"), seed=0, world=world, log=print)
+train_cfg = TrainConfig(epochs=1, batch_size=32, progress=False, lazy_adam=True)
+fit(model, bundle, train_cfg, Evaluator(bundle, "valid", "full"), seed=0, world=world, log=print)
 torch.save({"first": first, "trained": model.item_id.weight.detach(), "sparse": model.item_id.sparse}, f"{sys.argv[2]}/rank{world.rank}.pt")
 """
 

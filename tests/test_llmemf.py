@@ -10,7 +10,6 @@ from llmemf.data.batching import DataBundle
 from llmemf.features.store import load_feature
 from llmemf.models.base import build_model
 from llmemf.models.layers import SequenceEncoder, StackedSequenceEncoder
-from llmemf.training.optim import LazyAdam
 
 
 def _eval_batch(bundle, n=8):
@@ -109,7 +108,7 @@ def test_prediction_mix_uses_target_source_and_merged_sequences(tiny_bundle):
 def test_sampled_softmax_trains(tiny_bundle):
     torch.manual_seed(0)
     model = build_model("llmemf", {"d_id": 16, "train_negatives": 20}, tiny_bundle)
-    opt = LazyAdam(model.parameters(), lr=1e-2)  # sampled mode: the ID table's gradient is sparse
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = next(tiny_bundle.train.iter_batches(64))
     losses = []
     for _ in range(15):
@@ -127,8 +126,8 @@ def test_sampled_softmax_gives_the_id_table_a_sparse_gradient_of_the_rows_it_rea
     for sparse in (True, False):
         torch.manual_seed(0)  # the same weights and negatives
         model = build_model("llmemf", {"d_id": 16, "modalities": ["id"], "train_negatives": 5}, tiny_bundle)
-        assert model.item_id.sparse
-        model.item_id.sparse = sparse  # what the trainer's dense fallback does
+        assert model.sparse_embeddings() == [model.item_id] and not model.item_id.sparse
+        model.item_id.sparse = sparse  # what the trainer does with train.lazy_adam
         model.loss(batch).backward()
         grads[sparse] = model.item_id.weight.grad
     assert grads[True].is_sparse and not grads[False].is_sparse
@@ -137,7 +136,7 @@ def test_sampled_softmax_gives_the_id_table_a_sparse_gradient_of_the_rows_it_rea
     read[grads[True].coalesce().indices()[0]] = True
     assert 0 < read.sum() < tiny_bundle.n_items and (grads[False][~read] == 0).all()
     full = build_model("llmemf", {"d_id": 16, "modalities": ["id"]}, tiny_bundle)
-    assert not full.item_id.sparse  # the full softmax reads every row anyway
+    assert full.sparse_embeddings() == []  # the full softmax reads every row anyway
 
 
 def test_corrected_sampled_softmax_estimates_the_full_loss(tiny_bundle):
@@ -190,7 +189,7 @@ def test_in_batch_correction_weighs_up_items_a_small_batch_may_miss(tiny_bundle)
 def test_non_uniform_samplers_train(tiny_bundle, sampler):
     torch.manual_seed(0)
     model = build_model("llmemf", {"d_id": 16, "train_negatives": 20, "negative_sampler": sampler}, tiny_bundle)
-    opt = LazyAdam(model.parameters(), lr=1e-2)  # sampled mode: the ID table's gradient is sparse
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = next(tiny_bundle.train.iter_batches(64))
     losses = []
     for _ in range(15):

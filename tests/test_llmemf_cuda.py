@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from llmemf.models.base import build_model
-from llmemf.training.optim import LazyAdam
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the GPU path of LLM-EMF is untested on this machine")
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def test_train_step_and_scores_on_cuda(tiny_bundle, params):
     torch.manual_seed(0)
     model = build_model("llmemf", {"d_id": 16, **params}, tiny_bundle).to("cuda")
-    opt = LazyAdam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = next(tiny_bundle.train.iter_batches(32)).to("cuda")
     bf16 = torch.cuda.is_bf16_supported()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):

@@ -113,3 +113,16 @@ def test_clipping_counts_sparse_gradients_like_dense_ones():
     assert norm_d > 0.5  # the clip did something
     torch.testing.assert_close(sparse.weight.grad.to_dense(), dense.weight.grad)
     torch.testing.assert_close(lin_s.weight.grad, lin_d.weight.grad)
+
+
+def test_lazy_adam_is_the_trainers_choice(tiny_bundle):
+    from llmemf.config import TrainConfig
+    from llmemf.models.base import build_model
+    from llmemf.training.loop import make_optimizer
+
+    for lazy in (False, True):
+        model = build_model("llmemf", {"d_id": 8, "modalities": ["id"], "train_negatives": 5}, tiny_bundle)
+        make_optimizer(model, TrainConfig(lazy_adam=lazy))
+        assert model.item_id.sparse is lazy
+        model.loss(next(tiny_bundle.train.iter_batches(4))).backward()
+        assert model.item_id.weight.grad.is_sparse is lazy

@@ -134,7 +134,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, make_tiny):
 
 def test_llmemf_sampled_softmax_resumes_exactly_with_its_lazy_adam_state(tiny_dataset, tiny_bundle, tmp_path):
     quiet = lambda *_: None  # noqa: E731
-    args = ("model.name=llmemf", "model.d_id=16", "model.n_blocks=1", "model.modalities=[id]", "model.train_negatives=10", "train.patience=9")
+    args = ("model.name=llmemf", "model.d_id=16", "model.n_blocks=1", "model.modalities=[id]", "model.train_negatives=10")
+    args += ("train.lazy_adam=true", "train.patience=9")
     train(_cfg(tiny_dataset.root, tmp_path / "r", *args, "train.epochs=1"), tiny_bundle, log=quiet)
     state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["optimizer"]["state"]
     assert any(s["exp_avg"].shape[0] == tiny_bundle.n_items + 1 for s in state.values())  # the ID table's moments

@@ -47,6 +47,12 @@ class Recommender(nn.Module):
     def fit(self, bundle: DataBundle) -> None:
         """Closed-form models compute their statistics here; called once before training."""
 
+    def sparse_embeddings(self) -> list[nn.Embedding]:
+        """Embedding tables that a training step of this configuration reads only by rows, each looked up
+        as ``F.embedding(ids, emb.weight, sparse=emb.sparse)``: the trainer may set ``emb.sparse`` to
+        have their gradients sparse and their Adam updates lazy (``train.lazy_adam``)."""
+        return []
+
 
 # Batch.user of a history that belongs to no known user (serving a new history): a user-ID model
 # (BPRMF, NCF-MLP) folds that history in instead of reading a user embedding.

@@ -108,9 +108,7 @@ class LLMEMF(Recommender):
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         self.weights = {"id": 1.0, "img": config.alpha, "txt": config.beta}
         n = self.n_items
-        # The sampled softmax reads a few rows of the ID table per step: a sparse gradient of those rows
-        # lets the optimiser update them alone, so a step costs the same at any catalogue size.
-        self.item_id = nn.Embedding(n + 1, config.d_id, padding_idx=self.pad_id, sparse=config.train_negatives > 0)
+        self.item_id = nn.Embedding(n + 1, config.d_id, padding_idx=self.pad_id)
         nn.init.normal_(self.item_id.weight, std=config.d_id**-0.5)
         widths = {"id": config.d_id}
         self.feature_info: dict[str, str] = {}
@@ -166,6 +164,10 @@ class LLMEMF(Recommender):
         if mode == "content" and self.frozen_keys.shape[1] == 0:
             raise ValueError("cold_id='content' predicts ID vectors from image/text features: enable modality img or txt")
         self.config.cold_id = mode
+
+    def sparse_embeddings(self) -> list[nn.Embedding]:
+        # The sampled softmax reads a few rows of the ID table per step; the full softmax reads them all.
+        return [self.item_id] if self.config.train_negatives else []
 
     # ---- item side ---------------------------------------------------------------------------
     def item_table(self, m: str) -> torch.Tensor:

@@ -1,15 +1,18 @@
 """Adam for tables whose gradient touches a few rows per step (sparse embedding gradients).
 
-A model opts in by building an item table as ``nn.Embedding(..., sparse=True)`` and looking rows up
-through that module's flag (``F.embedding(ids, emb.weight, sparse=emb.sparse)``): the table's
-gradient is then a sparse tensor of the rows the step used, instead of a dense (N x d) one that
-is mostly zeros. ``LazyAdam`` updates such a table in those rows only, so a step costs the same
-whatever the catalogue's size; every other parameter gets torch's Adam unchanged.
+A model names the tables a training step reads only by rows (``Recommender.sparse_embeddings``) and
+looks rows up through the module's flag (``F.embedding(ids, emb.weight, sparse=emb.sparse)``). With
+``train.lazy_adam`` the trainer sets that flag: the table's gradient is then a sparse tensor of the
+rows the step used, instead of a dense (N x d) one that is mostly zeros, and ``LazyAdam`` updates
+the table in those rows only, so a step costs the same whatever the catalogue's size. Every other
+parameter gets torch's Adam unchanged.
 
 Lazy is not the same as Adam. Adam decays every row's moments at every step and keeps moving a
 row on its momentum after its gradient stops; lazy Adam leaves a row untouched (weights and
 moments) in a step whose gradient does not use it, and applies the L2 term (``weight_decay``) only
-to the rows the step uses. When every row is used, the two coincide.
+to the rows the step uses. When every row is used, the two coincide. Where rows are read rarely,
+lazy Adam moves them less than Adam would, and so learns them more slowly at the same learning rate
+(docs/cost.md, section 4): hence an option, off by default.
 """
 
 from __future__ import annotations
