@@ -366,7 +366,7 @@ class LLMEMF(Recommender):
                 return full if candidates is None else full.gather(1, candidates - lo)
             if candidates is None:
                 return self._fused_logits(mixed, lo, hi)
-            if self._candidates_via_full(candidates, hi - lo):
+            if self._candidates_via_full(candidates.shape[1], hi - lo):
                 return self._fused_logits(mixed, lo, hi).gather(1, candidates - lo)
             return self._combine(self._domain_logits(mixed, lo, hi, candidates))
         full = sum(seq_weight[s] * self._domain_scores({m: qm[s] for m, qm in q.items()}, lo, hi) for s in range(3))
@@ -375,7 +375,13 @@ class LLMEMF(Recommender):
     # None: choose by cost (below); True / False force a path (benchmarks/bench_eval.py compares them).
     candidates_via_full: bool | None = None
 
-    def _candidates_via_full(self, candidates: torch.Tensor, n_domain: int) -> bool:
+    def candidate_scores_are_full_columns(self, n_candidates: int, domain: int) -> bool:
+        lo, hi = self.domain_ranges[domain]
+        if self.config.fusion != "logits" or self.config.cold_id == "neutral":
+            return True  # scores() picks the columns of the full scores in these modes
+        return self._candidates_via_full(n_candidates, hi - lo)
+
+    def _candidates_via_full(self, n_candidates: int, n_domain: int) -> bool:
         """Score (B, C) candidates by gathering their keys (B, C, sum d_m) or by scoring the whole
         domain (B, N_d) in matmuls and picking columns: the second reads fewer numbers whenever
         C x sum d_m > N_d (the c2dsr protocol's 1000 candidates x 256-d ID keys = 256k per user
@@ -383,7 +389,7 @@ class LLMEMF(Recommender):
         if self.candidates_via_full is not None:
             return self.candidates_via_full
         width = sum(self.widths[m] for m in self.modalities)
-        return candidates.shape[1] * width >= n_domain
+        return n_candidates * width >= n_domain
 
     # ---- serving: logit fusion as one dot product per domain ---------------------------------
     def fused_query(self, batch: Batch, domain: int) -> torch.Tensor:

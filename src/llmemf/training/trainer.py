@@ -26,7 +26,7 @@ from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.distributed import SINGLE, World, setup
-from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
+from llmemf.evaluation.protocols import EvalResult, Evaluator, evaluate_together, format_table
 from llmemf.evaluation.ranks import save_ranks
 from llmemf.io import atomic_torch_save
 from llmemf.models.base import Recommender, build_model
@@ -119,7 +119,8 @@ def train_in_bf16(cfg: RunConfig, model: Recommender) -> bool:
 
 
 def evaluate_all(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str, world: World = SINGLE) -> dict[str, EvalResult]:
-    return {p: ev.evaluate(model, cfg.device, cfg.eval.bf16, world=world) for p, ev in _evaluators(cfg, bundle, split).items()}
+    evaluators = _evaluators(cfg, bundle, split)
+    return dict(zip(evaluators, evaluate_together(list(evaluators.values()), model, cfg.device, cfg.eval.bf16, world), strict=True))
 
 
 def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str, world: World = SINGLE) -> dict[str, dict] | None:
@@ -129,10 +130,9 @@ def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, sp
     if root is None or not (Path(root) / "cold_items.json").exists():
         return None
     cold = np.asarray(json.loads((Path(root) / "cold_items.json").read_text())["items"], dtype=np.int64)
-    out = {}
-    for p, ev in _evaluators(cfg, bundle, split).items():
-        out[p] = ev.restrict(ev.evaluate(model, cfg.device, cfg.eval.bf16, world=world), cold).to_dict()
-    return out
+    evaluators = _evaluators(cfg, bundle, split)
+    results = evaluate_together(list(evaluators.values()), model, cfg.device, cfg.eval.bf16, world)
+    return {p: ev.restrict(res, cold).to_dict() for (p, ev), res in zip(evaluators.items(), results, strict=True)}
 
 
 def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print) -> TrainResult:
