@@ -165,3 +165,19 @@ def test_evaluating_protocols_together_ranks_every_user_as_before(tiny_bundle, t
     tied = _old_ranks(models["ties, columns"], tiny_bundle, evs[0])
     pessimistic = _old_ranks(models["ties, columns"], tiny_bundle, Evaluator(tiny_bundle, "test", "full", ties="pessimistic", batch_size=7))
     assert any((tied[d] != pessimistic[d]).any() for d in tied) or ties == "pessimistic"  # ties do occur
+
+
+class NaNModel(TiedModel):
+    def scores(self, batch: Batch, domain: int, candidates=None):
+        out = super().scores(batch, domain, candidates)
+        out[-1, -1] = float("nan")  # one NaN in the last column of a row
+        return out
+
+
+@pytest.mark.parametrize("protocols", [("full",), ("c2dsr",), ("full", "c2dsr")])
+def test_nan_scores_are_refused(tiny_bundle, protocols):
+    from llmemf.evaluation.protocols import evaluate_together
+
+    evs = [Evaluator(tiny_bundle, "test", p, n_negatives=30) for p in protocols]
+    with pytest.raises(FloatingPointError, match="NaN scores"):
+        evaluate_together(evs, NaNModel(None, tiny_bundle, columns=True))
