@@ -181,3 +181,12 @@ def test_nan_scores_are_refused(tiny_bundle, protocols):
     evs = [Evaluator(tiny_bundle, "test", p, n_negatives=30) for p in protocols]
     with pytest.raises(FloatingPointError, match="NaN scores"):
         evaluate_together(evs, NaNModel(None, tiny_bundle, columns=True))
+
+
+def test_evaluating_together_needs_one_split_and_batching(tiny_bundle):
+    from llmemf.evaluation.protocols import evaluate_together
+
+    model = TiedModel(None, tiny_bundle, columns=True)
+    for other in (Evaluator(tiny_bundle, "valid", "c2dsr"), Evaluator(tiny_bundle, "test", "c2dsr", batch_size=9)):
+        with pytest.raises(ValueError, match="one bundle, split and batch size"):
+            evaluate_together([Evaluator(tiny_bundle, "test", "full"), other], model)

@@ -151,7 +151,7 @@ def evaluate_together(
     one-process batching (the same rows in the same batches, so the same scores), then every rank
     gathers all ranks' per-user ranks and computes the metrics of the whole split."""
     first = evaluators[0]
-    if any((ev.bundle, ev.split, ev.batch_size) != (first.bundle, first.split, first.batch_size) for ev in evaluators):
+    if any(ev.bundle is not first.bundle or (ev.split, ev.batch_size) != (first.split, first.batch_size) for ev in evaluators):
         raise ValueError("evaluate_together needs evaluators of one bundle, split and batch size")
     start = time.perf_counter()
     was_training = model.training
