@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,6 +150,20 @@ def test_llmemf_sampled_softmax_resumes_exactly_with_its_lazy_adam_state(tiny_da
     for i, s in straight["optimizer"]["state"].items():
         for k, v in s.items():
             assert torch.equal(resumed["optimizer"]["state"][i][k], v), (i, k)
+
+
+def test_cold_target_metrics_are_the_test_results_restricted(tiny_dataset, tiny_bundle, tmp_path):
+    from llmemf.evaluation.protocols import Evaluator
+
+    cold = [int(t) for t in tiny_bundle.splits["test"].target[:6]]
+    (tiny_dataset.root / "cold_items.json").write_text(json.dumps({"items": cold}))
+    res = train(_cfg(tiny_dataset.root, tmp_path / "p", "model.name=pop"), tiny_bundle, log=lambda *_: None)
+    reported = json.loads((tmp_path / "p" / "results.json").read_text())["test_cold_targets"]
+    for proto in ("c2dsr", "full"):
+        ev = Evaluator(tiny_bundle, "test", proto, n_negatives=50)
+        expected = ev.restrict(ev.evaluate(res.model), np.asarray(cold)).to_dict()
+        assert reported[proto]["metrics"] == expected["metrics"] and reported[proto]["counts"] == expected["counts"]
+        assert sum(expected["counts"].values()) >= 6
 
 
 def _cli_overrides(ds_root, out, extra):

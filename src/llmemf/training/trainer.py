@@ -123,16 +123,15 @@ def evaluate_all(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: 
     return dict(zip(evaluators, evaluate_together(list(evaluators.values()), model, cfg.device, cfg.eval.bf16, world), strict=True))
 
 
-def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str, world: World = SINGLE) -> dict[str, dict] | None:
-    """Metrics over users whose target is a cold-start item (never in training), when the dataset
-    lists such items in cold_items.json (the synthetic shop does)."""
+def cold_item_results(results: dict[str, EvalResult], cfg: RunConfig, bundle: DataBundle) -> dict[str, dict] | None:
+    """``results`` (evaluate_all's) over the users whose target is a cold-start item (never in training),
+    when the dataset lists such items in cold_items.json (the synthetic shop does)."""
     root = bundle.dataset.root
     if root is None or not (Path(root) / "cold_items.json").exists():
         return None
     cold = np.asarray(json.loads((Path(root) / "cold_items.json").read_text())["items"], dtype=np.int64)
-    evaluators = _evaluators(cfg, bundle, split)
-    results = evaluate_together(list(evaluators.values()), model, cfg.device, cfg.eval.bf16, world)
-    return {p: ev.restrict(res, cold).to_dict() for (p, ev), res in zip(evaluators.items(), results, strict=True)}
+    split = next(iter(results.values())).split
+    return {p: ev.restrict(results[p], cold).to_dict() for p, ev in _evaluators(cfg, bundle, split).items()}
 
 
 def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print) -> TrainResult:
@@ -198,7 +197,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     t_final = time.perf_counter()
     valid = evaluate_all(model, cfg, bundle, "valid", world)
     test = evaluate_all(model, cfg, bundle, "test", world)
-    cold = cold_item_results(model, cfg, bundle, "test", world)
+    cold = cold_item_results(test, cfg, bundle)
     epoch_seconds, eval_seconds = fitted.epoch_seconds, fitted.eval_seconds
     seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     if world.is_main:
