@@ -372,7 +372,7 @@ class LLMEMF(Recommender):
         full = sum(seq_weight[s] * self._domain_scores({m: qm[s] for m, qm in q.items()}, lo, hi) for s in range(3))
         return full if candidates is None else full.gather(1, candidates - lo)
 
-    # None: choose by cost (below); True / False force a path (benchmarks/bench_eval.py compares them).
+    # None: choose by cost (below); True / False force a path (tests/test_llmemf.py compares them).
     candidates_via_full: bool | None = None
 
     def candidate_scores_are_full_columns(self, n_candidates: int, domain: int) -> bool:
