@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from llmemf.config import load_config
 from llmemf.distributed import World
@@ -58,7 +59,7 @@ def _args(ds, out, *extra) -> list[str]:
     ]
 
 
-def _torchrun(nproc: int, port: int, args: list[str], *launcher: str) -> list[str]:
+def _torchrun(nproc: int, port: int, args: list[str], *launcher: str, program: tuple[str, ...] = ("-m", "llmemf.train")) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -68,8 +69,7 @@ def _torchrun(nproc: int, port: int, args: list[str], *launcher: str) -> list[st
         f"--rdzv-endpoint=127.0.0.1:{port}",
         "--local-addr=127.0.0.1",
         *launcher,
-        "-m",
-        "llmemf.train",
+        *program,
         *args,
     ]
 
@@ -102,6 +102,47 @@ def test_two_ranks_follow_one_process(equal_length_data, tmp_path):
         for dom, m in one.test[proto].metrics.items():
             for k, v in m.items():
                 assert ddp_res["test"][proto]["metrics"][dom][k] == pytest.approx(v, abs=1e-3), (proto, dom, k)
+
+
+_SPARSE_RANKS = """
+import sys
+
+import torch
+
+from llmemf.config import TrainConfig
+from llmemf.data.batching import DataBundle
+from llmemf.data.dataset import Dataset
+from llmemf.distributed import setup
+from llmemf.evaluation.protocols import Evaluator
+from llmemf.models.base import build_model
+from llmemf.training.loop import fit
+
+torch.set_num_threads(1)
+world, _ = setup()
+torch.manual_seed(world.rank)  # different initial weights per rank: DDP must start them from rank 0's
+bundle = DataBundle(Dataset.load(sys.argv[1]), 10)
+model = build_model("llmemf", {"d_id": 8, "n_blocks": 1, "modalities": ["id"], "train_negatives": 10}, bundle)
+first = model.item_id.weight.detach().clone()
+train_cfg = TrainConfig(epochs=1, batch_size=32, progress=False, lazy_adam=True)
+fit(model, bundle, train_cfg, Evaluator(bundle, "valid", "full"), seed=0, world=world, log=print)
+torch.save({"first": first, "trained": model.item_id.weight.detach(), "sparse": model.item_id.sparse}, f"{sys.argv[2]}/rank{world.rank}.pt")
+"""
+
+
+def test_sparse_id_gradients_are_all_reduced_on_gloo(tmp_path, make_tiny):
+    """LLM-EMF's sampled softmax gives its ID table sparse gradients; DDP on gloo all-reduces them, so two
+    ranks that read different rows of the table every step still hold the same table after training."""
+    make_tiny(n_x=60, n_y=70, n_users=120, seed=4).save(tmp_path / "ds")
+    script = tmp_path / "ranks.py"
+    script.write_text(_SPARSE_RANKS)
+    cmd = _torchrun(2, _free_port(), [str(tmp_path / "ds"), str(tmp_path)], program=(str(script),))
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["sparse"] and ranks[1]["sparse"]  # no fallback to dense on gloo
+    assert not torch.equal(ranks[0]["first"], ranks[1]["first"])
+    assert torch.equal(ranks[0]["trained"], ranks[1]["trained"])
+    assert not torch.equal(ranks[0]["trained"], ranks[0]["first"])
 
 
 class _Shard(World):

@@ -89,3 +89,104 @@ def test_evaluator_counts_per_domain(tiny_bundle):
     res = Evaluator(tiny_bundle, "valid", "full").evaluate(OracleModel(None, tiny_bundle))
     td = tiny_bundle.splits["valid"].target_domain
     assert res.counts == {"X": int((td == 0).sum()), "Y": int((td == 1).sum())}
+
+
+class TiedModel(Recommender):
+    """Scores in a few levels (many ties), the same function of (history, item) by either path; counts
+    its scoring calls."""
+
+    trainable = False
+
+    def __init__(self, config, bundle, columns: bool):
+        super().__init__(config, bundle)
+        self.columns, self.calls = columns, 0
+
+    def scores(self, batch: Batch, domain: int, candidates=None):
+        self.calls += 1
+        lo, hi = self.domain_ranges[domain]
+        ids = torch.arange(lo, hi).expand(batch.size, -1) if candidates is None else candidates
+        return ((ids * 7 + batch.xy[:, -1:]) % 5).float()
+
+    def candidate_scores_are_full_columns(self, n_candidates, domain):
+        return self.columns
+
+
+def _old_ranks(model, bundle, ev: Evaluator) -> dict[str, np.ndarray]:
+    """The evaluator as it was before evaluate_together: each protocol scores on its own, and a rank
+    is 1 + (competitors above) [+ ties, whole or half] from two counts."""
+    data = bundle.splits[ev.split]
+    out = {}
+    with torch.inference_mode():
+        for d, rows in ev.rows_by_domain.items():
+            lo, _ = bundle.domain_range(d)
+            parts = []
+            for i in range(0, len(rows), ev.batch_size):
+                batch = data.batch(rows[i : i + ev.batch_size])
+                if ev.protocol == "c2dsr":
+                    scores = model.scores(batch, d, torch.from_numpy(ev.candidates[d][i : i + ev.batch_size])).float()
+                    target, others, own = scores[:, :1], scores[:, 1:], 0
+                else:
+                    scores = model.scores(batch, d, None).float()
+                    target, others, own = scores.gather(1, (batch.target - lo)[:, None]), scores, 1
+                higher = (others > target).sum(1).double()
+                equal = (others == target).sum(1).double() - own
+                rank = {"pessimistic": 1.0 + higher + equal, "average": 1.0 + higher + equal / 2.0, "strict": 1.0 + higher}[ev.ties]
+                parts.append(rank.numpy())
+            out[bundle.dataset.domain_names[d]] = np.concatenate(parts)
+    return out
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "average", "strict"])
+def test_evaluating_protocols_together_ranks_every_user_as_before(tiny_bundle, ties):
+    from llmemf.evaluation.protocols import evaluate_together
+    from llmemf.models.base import build_model
+
+    torch.manual_seed(0)
+    models = {
+        "llmemf": build_model("llmemf", {"d_id": 16, "n_blocks": 1, "modalities": ["id"]}, tiny_bundle).eval(),
+        "ties, columns": TiedModel(None, tiny_bundle, columns=True),
+        "ties, own candidate path": TiedModel(None, tiny_bundle, columns=False),
+    }
+    evs = [Evaluator(tiny_bundle, "test", p, n_negatives=30, ties=ties, batch_size=7) for p in ("full", "c2dsr")]
+    n_batches = sum(-(-len(rows) // 7) for rows in evs[0].rows_by_domain.values())
+    for label, model in models.items():
+        assert model.candidate_scores_are_full_columns(31, 0) is (label != "ties, own candidate path"), label
+        old = [_old_ranks(model, tiny_bundle, ev) for ev in evs]
+        calls = getattr(model, "calls", 0)
+        together = evaluate_together(evs, model)
+        if isinstance(model, TiedModel):  # one scoring pass per batch where candidates are columns
+            assert model.calls - calls == n_batches * (1 if model.columns else 2), label
+        alone = [ev.evaluate(model) for ev in evs]
+        for ev, before, res, res_alone in zip(evs, old, together, alone, strict=True):
+            assert res.protocol == ev.protocol
+            for dom, ranks in before.items():
+                assert np.array_equal(res.ranks[dom], ranks), (label, ev.protocol, dom)
+                assert np.array_equal(res_alone.ranks[dom], ranks), (label, ev.protocol, dom)
+    tied = _old_ranks(models["ties, columns"], tiny_bundle, evs[0])
+    pessimistic = _old_ranks(models["ties, columns"], tiny_bundle, Evaluator(tiny_bundle, "test", "full", ties="pessimistic", batch_size=7))
+    assert any((tied[d] != pessimistic[d]).any() for d in tied) or ties == "pessimistic"  # ties do occur
+
+
+class NaNModel(TiedModel):
+    def scores(self, batch: Batch, domain: int, candidates=None):
+        out = super().scores(batch, domain, candidates)
+        out[-1, -1] = float("nan")  # one NaN in the last column of a row
+        return out
+
+
+@pytest.mark.parametrize("protocols", [("full",), ("c2dsr",), ("full", "c2dsr")])
+def test_nan_scores_are_refused(tiny_bundle, protocols):
+    from llmemf.evaluation.protocols import evaluate_together
+
+    evs = [Evaluator(tiny_bundle, "test", p, n_negatives=30) for p in protocols]
+    with pytest.raises(FloatingPointError, match="NaN scores"):
+        evaluate_together(evs, NaNModel(None, tiny_bundle, columns=True))
+
+
+def test_evaluating_together_needs_one_split_and_batching(tiny_bundle):
+    from llmemf.evaluation.protocols import evaluate_together
+
+    model = TiedModel(None, tiny_bundle, columns=True)
+    for other in (Evaluator(tiny_bundle, "valid", "c2dsr"), Evaluator(tiny_bundle, "test", "c2dsr", batch_size=9)):
+        with pytest.raises(ValueError, match="one bundle, split and batch size"):
+            evaluate_together([Evaluator(tiny_bundle, "test", "full"), other], model)

@@ -120,6 +120,25 @@ def test_sampled_softmax_trains(tiny_bundle):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_sampled_softmax_gives_the_id_table_a_sparse_gradient_of_the_rows_it_read(tiny_bundle):
+    batch = next(tiny_bundle.train.iter_batches(2))  # two users and 5 negatives read a part of the 70 items
+    grads = {}
+    for sparse in (True, False):
+        torch.manual_seed(0)  # the same weights and negatives
+        model = build_model("llmemf", {"d_id": 16, "modalities": ["id"], "train_negatives": 5}, tiny_bundle)
+        assert model.sparse_embeddings() == [model.item_id] and not model.item_id.sparse
+        model.item_id.sparse = sparse  # what the trainer does with train.lazy_adam
+        model.loss(batch).backward()
+        grads[sparse] = model.item_id.weight.grad
+    assert grads[True].is_sparse and not grads[False].is_sparse
+    torch.testing.assert_close(grads[True].to_dense(), grads[False])
+    read = torch.zeros(len(grads[False]), dtype=torch.bool)
+    read[grads[True].coalesce().indices()[0]] = True
+    assert 0 < read.sum() < tiny_bundle.n_items and (grads[False][~read] == 0).all()
+    full = build_model("llmemf", {"d_id": 16, "modalities": ["id"]}, tiny_bundle)
+    assert full.sparse_embeddings() == []  # the full softmax reads every row anyway
+
+
 def test_corrected_sampled_softmax_estimates_the_full_loss(tiny_bundle):
     torch.manual_seed(0)
     model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title"}, tiny_bundle).eval()

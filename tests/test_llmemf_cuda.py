@@ -51,3 +51,21 @@ def test_cuda_scores_match_cpu_in_fp32(tiny_bundle):
         cpu = model.scores(batch, 0)
         gpu = model.to("cuda").scores(batch.to("cuda"), 0).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_lazy_adam_moves_only_the_rows_read_on_cuda(tiny_bundle):
+    from llmemf.config import TrainConfig
+    from llmemf.training.loop import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "train_negatives": 5}, tiny_bundle).to("cuda")
+    opt = make_optimizer(model, TrainConfig(lazy_adam=True, lr=1e-2))
+    before = model.item_id.weight.detach().clone()
+    model.loss(next(tiny_bundle.train.iter_batches(2)).to("cuda")).backward()
+    grad = model.item_id.weight.grad
+    assert grad.is_sparse and grad.device.type == "cuda"
+    read = torch.zeros(len(before), dtype=torch.bool, device="cuda")
+    read[grad.coalesce().indices()[0]] = True
+    opt.step()
+    moved = (model.item_id.weight != before).any(1)
+    assert moved.any() and not (moved & ~read).any()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,39 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, make_tiny):
     for dom, m in straight.test["c2dsr"].metrics.items():
         assert abs(resumed.test["c2dsr"].metrics[dom]["MRR"] - m["MRR"]) < 0.01
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_llmemf_sampled_softmax_resumes_exactly_with_its_lazy_adam_state(tiny_dataset, tiny_bundle, tmp_path):
+    quiet = lambda *_: None  # noqa: E731
+    args = ("model.name=llmemf", "model.d_id=16", "model.n_blocks=1", "model.modalities=[id]", "model.train_negatives=10")
+    args += ("train.lazy_adam=true", "train.patience=9")
+    train(_cfg(tiny_dataset.root, tmp_path / "r", *args, "train.epochs=1"), tiny_bundle, log=quiet)
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert any(s["exp_avg"].shape[0] == tiny_bundle.n_items + 1 for s in state.values())  # the ID table's moments
+    lines = []
+    train(_cfg(tiny_dataset.root, tmp_path / "r", *args, "train.epochs=3"), tiny_bundle, log=lines.append)
+    assert any("after epoch 1 " in line for line in lines), lines
+    train(_cfg(tiny_dataset.root, tmp_path / "s", *args, "train.epochs=3"), tiny_bundle, log=quiet)
+    resumed, straight = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("r", "s"))
+    for k, v in straight["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    for i, s in straight["optimizer"]["state"].items():
+        for k, v in s.items():
+            assert torch.equal(resumed["optimizer"]["state"][i][k], v), (i, k)
+
+
+def test_cold_target_metrics_are_the_test_results_restricted(tiny_dataset, tiny_bundle, tmp_path):
+    from llmemf.evaluation.protocols import Evaluator
+
+    cold = [int(t) for t in tiny_bundle.splits["test"].target[:6]]
+    (tiny_dataset.root / "cold_items.json").write_text(json.dumps({"items": cold}))
+    res = train(_cfg(tiny_dataset.root, tmp_path / "p", "model.name=pop"), tiny_bundle, log=lambda *_: None)
+    reported = json.loads((tmp_path / "p" / "results.json").read_text())["test_cold_targets"]
+    for proto in ("c2dsr", "full"):
+        ev = Evaluator(tiny_bundle, "test", proto, n_negatives=50)
+        expected = ev.restrict(ev.evaluate(res.model), np.asarray(cold)).to_dict()
+        assert reported[proto]["metrics"] == expected["metrics"] and reported[proto]["counts"] == expected["counts"]
+        assert sum(expected["counts"].values()) >= 6
 
 
 def _cli_overrides(ds_root, out, extra):

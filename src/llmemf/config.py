@@ -80,6 +80,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     progress: bool = True  # progress bar with loss and ETA
+    # Tables a model reads by rows (LLM-EMF's ID table under its sampled softmax) get sparse gradients and
+    # Adam updates of the rows a step read only: a step's cost no longer grows with the catalogue, but
+    # rows a step does not read keep their moments instead of moving on them (training/optim.py).
+    lazy_adam: bool = False
 
     def __post_init__(self) -> None:
         # epochs and patience may be 0 here (closed-form models ignore them; the trainer's config comparison

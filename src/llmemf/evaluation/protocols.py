@@ -10,6 +10,12 @@ that gives every item the same score would rank every target first (MRR 1.0). By
 counts a tie against the model (``ties="pessimistic"``) in both protocols; ``"average"`` counts
 half of the ties, ``"strict"`` reproduces the literal rule. With a non-degenerate model, ties are
 vanishingly rare and the three coincide; with Pop (many items of equal count) they do not.
+
+Cost. ``evaluate_together`` runs several protocols of one split in one pass over its users: each
+batch is encoded and scored over its whole target domain once, and where the model's candidate
+scores are columns of those scores anyway (``Recommender.candidate_scores_are_full_columns``), the
+c2dsr protocol picks its candidates' columns instead of scoring again. A rank is one comparison
+pass over a row per count its ties policy needs (pessimistic and strict: one; average: two).
 """
 
 from __future__ import annotations
@@ -28,29 +34,33 @@ PROTOCOLS = ("c2dsr", "full")
 TIES = ("pessimistic", "average", "strict")
 
 
-def ranks_from_counts(higher: torch.Tensor, equal: torch.Tensor, ties: str) -> torch.Tensor:
-    """1-based rank from the number of competitors scoring above / equal to the target."""
-    higher, equal = higher.double(), equal.double()
-    if ties == "pessimistic":
-        return 1.0 + higher + equal
-    if ties == "average":
-        return 1.0 + higher + equal / 2.0
+def _count(above: torch.Tensor) -> torch.Tensor:
+    """(B,) number of True per row of a (B, C) comparison."""
+    return above.sum(1, dtype=torch.int32)
+
+
+def _rank(competitors: torch.Tensor, target: torch.Tensor, ties: str, target_among: bool) -> torch.Tensor:
+    """1-based rank (float64) of ``target`` (B, 1) against ``competitors`` (B, C) scores, which include the
+    target's own score once if ``target_among``. Ties with the target count as ``ties`` says."""
     if ties == "strict":
-        return 1.0 + higher
-    raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+        return 1.0 + _count(competitors > target).double()
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    higher_or_equal = _count(competitors >= target).double() - float(target_among)
+    if ties == "pessimistic":
+        return 1.0 + higher_or_equal
+    higher = _count(competitors > target).double()
+    return 1.0 + higher + (higher_or_equal - higher) / 2.0
 
 
 def rank_sampled(scores: torch.Tensor, ties: str = "pessimistic") -> torch.Tensor:
     """scores (B, 1 + K): column 0 is the target, the rest its sampled negatives."""
-    target = scores[:, :1]
-    negatives = scores[:, 1:]
-    return ranks_from_counts((negatives > target).sum(1), (negatives == target).sum(1), ties)
+    return _rank(scores[:, 1:], scores[:, :1], ties, target_among=False)
 
 
 def rank_full(scores: torch.Tensor, target_local: torch.Tensor, ties: str = "pessimistic") -> torch.Tensor:
     """scores (B, n_domain_items); target_local (B,) the target's index within its domain."""
-    target = scores.gather(1, target_local[:, None])
-    return ranks_from_counts((scores > target).sum(1), (scores == target).sum(1) - 1, ties)
+    return _rank(scores, scores.gather(1, target_local[:, None]), ties, target_among=True)
 
 
 def sample_negatives(targets_local: np.ndarray, n_domain: int, k: int, seed: int) -> np.ndarray:
@@ -107,48 +117,9 @@ class Evaluator:
                 neg = sample_negatives(t_local, hi - lo, n_negatives, seed + d)
                 self.candidates[d] = np.concatenate([data.target[rows, None], neg + lo], axis=1)
 
-    @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, device: str = "cpu", autocast_bf16: bool = False, world: World = SINGLE) -> EvalResult:
-        """Rank every user's target. Distributed: rank r scores batches r, r + size, ... of the
-        one-process batching (the same rows in the same batches, so the same scores), then every
-        rank gathers all ranks' per-user ranks and computes the metrics of the whole split."""
-        start = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        data = self.bundle.splits[self.split]
-        device_type = torch.device(device).type
-        mine: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for d, rows in self.rows_by_domain.items():
-            name = self.bundle.dataset.domain_names[d]
-            lo, _ = self.bundle.domain_range(d)
-            mine[d] = []
-            for k, i in enumerate(range(0, len(rows), self.batch_size)):
-                if k % world.size != world.rank:
-                    continue
-                sel = rows[i : i + self.batch_size]
-                batch = data.batch(sel).to(device)
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16 and device_type in ("cpu", "cuda")):
-                    if self.protocol == "c2dsr":
-                        cand = torch.from_numpy(self.candidates[d][i : i + self.batch_size]).to(device)
-                        scores = model.scores(batch, d, cand).float()
-                        r = rank_sampled(scores, self.ties)
-                    else:
-                        scores = model.scores(batch, d, None).float()
-                        r = rank_full(scores, batch.target - lo, self.ties)
-                if torch.isnan(scores).any():
-                    raise FloatingPointError(f"{type(model).__name__} produced NaN scores on {self.split}/{name}")
-                mine[d].append((k, r.cpu().numpy()))
-        gathered = world.all_gather(mine) if world.distributed else [mine]
-        metrics, counts, all_ranks = {}, {}, {}
-        for d in self.rows_by_domain:
-            name = self.bundle.dataset.domain_names[d]
-            ranks = [r for _, r in sorted((kr for part in gathered for kr in part[d]), key=lambda kr: kr[0])]
-            ranks_arr = np.concatenate(ranks) if ranks else np.zeros(0)
-            metrics[name] = ranking_metrics(ranks_arr)
-            counts[name] = len(ranks_arr)
-            all_ranks[name] = ranks_arr
-        model.train(was_training)
-        return EvalResult(self.protocol, self.split, metrics, counts, time.perf_counter() - start, all_ranks)
+        """Rank every user's target (``evaluate_together`` with this protocol alone)."""
+        return evaluate_together([self], model, device, autocast_bf16, world)[0]
 
     def restrict(self, result: EvalResult, target_items: np.ndarray) -> EvalResult:
         """The same result over only the users whose target is in ``target_items`` (e.g. cold-start items)."""
@@ -161,6 +132,73 @@ class Evaluator:
             metrics[name] = ranking_metrics(ranks[name])
             counts[name] = int(keep.sum())
         return EvalResult(result.protocol, result.split, metrics, counts, result.seconds, ranks)
+
+
+def _has_nan(scores: torch.Tensor) -> bool:
+    # A row's max is NaN iff the row holds one: a reduction, cheaper than a (B, N) mask.
+    return bool(torch.isnan(scores.amax(1)).any())
+
+
+@torch.inference_mode()
+def evaluate_together(
+    evaluators: list[Evaluator], model: torch.nn.Module, device: str = "cpu", autocast_bf16: bool = False, world: World = SINGLE
+) -> list[EvalResult]:
+    """Each evaluator's result, from one pass over the users of their common split and batching: a
+    batch is scored over its whole target domain once if any protocol is "full", and a c2dsr
+    protocol picks its candidates from those scores where the model's own candidate scores are
+    those columns (the results are then those of evaluating each alone, bit for bit). Each result's
+    ``seconds`` is the whole pass's. Distributed: rank r scores batches r, r + size, ... of the
+    one-process batching (the same rows in the same batches, so the same scores), then every rank
+    gathers all ranks' per-user ranks and computes the metrics of the whole split."""
+    first = evaluators[0]
+    if any(ev.bundle is not first.bundle or (ev.split, ev.batch_size) != (first.split, first.batch_size) for ev in evaluators):
+        raise ValueError("evaluate_together needs evaluators of one bundle, split and batch size")
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    bundle, data = first.bundle, first.bundle.splits[first.split]
+    device_type = torch.device(device).type
+    any_full = any(ev.protocol == "full" for ev in evaluators)
+    columns_of = getattr(model, "candidate_scores_are_full_columns", lambda n, d: False)
+    mine: list[dict[int, list[tuple[int, np.ndarray]]]] = [{d: [] for d in first.rows_by_domain} for _ in evaluators]
+    for d, rows in first.rows_by_domain.items():
+        name = bundle.dataset.domain_names[d]
+        lo, _ = bundle.domain_range(d)
+        for k, i in enumerate(range(0, len(rows), first.batch_size)):
+            if k % world.size != world.rank:
+                continue
+            batch = data.batch(rows[i : i + first.batch_size]).to(device)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast_bf16 and device_type in ("cpu", "cuda")):
+                full = model.scores(batch, d, None).float() if any_full else None
+                if full is not None and _has_nan(full):
+                    raise FloatingPointError(f"{type(model).__name__} produced NaN scores on {first.split}/{name}")
+                for ev, out in zip(evaluators, mine, strict=True):
+                    if ev.protocol == "full":
+                        r = rank_full(full, batch.target - lo, ev.ties)
+                    else:
+                        cand = torch.from_numpy(ev.candidates[d][i : i + first.batch_size]).to(device)
+                        if full is not None and columns_of(cand.shape[1], d):
+                            scores = full.gather(1, cand - lo)
+                        else:
+                            scores = model.scores(batch, d, cand).float()
+                            if _has_nan(scores):
+                                raise FloatingPointError(f"{type(model).__name__} produced NaN scores on {first.split}/{name}")
+                        r = rank_sampled(scores, ev.ties)
+                    out[d].append((k, r.cpu().numpy()))
+    gathered = world.all_gather(mine) if world.distributed else [mine]
+    seconds = time.perf_counter() - start
+    results = []
+    for e, ev in enumerate(evaluators):
+        metrics, counts, all_ranks = {}, {}, {}
+        for d in ev.rows_by_domain:
+            name = bundle.dataset.domain_names[d]
+            ranks = [r for _, r in sorted((kr for part in gathered for kr in part[e][d]), key=lambda kr: kr[0])]
+            all_ranks[name] = np.concatenate(ranks) if ranks else np.zeros(0)
+            metrics[name] = ranking_metrics(all_ranks[name])
+            counts[name] = len(all_ranks[name])
+        results.append(EvalResult(ev.protocol, ev.split, metrics, counts, seconds, all_ranks))
+    model.train(was_training)
+    return results
 
 
 def format_table(results: list[tuple[str, EvalResult]], columns: tuple[str, ...] = METRIC_NAMES) -> str:

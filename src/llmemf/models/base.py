@@ -47,6 +47,18 @@ class Recommender(nn.Module):
     def fit(self, bundle: DataBundle) -> None:
         """Closed-form models compute their statistics here; called once before training."""
 
+    def candidate_scores_are_full_columns(self, n_candidates: int, domain: int) -> bool:
+        """Whether ``scores(batch, domain, candidates)`` with ``n_candidates`` per row is, bit for bit,
+        ``scores(batch, domain)`` at the candidates' columns: an evaluation that needs both then
+        scores once (evaluation/protocols.py). False unless a model knows it computes them so."""
+        return False
+
+    def sparse_embeddings(self) -> list[nn.Embedding]:
+        """Embedding tables that a training step of this configuration reads only by rows, each looked up
+        as ``F.embedding(ids, emb.weight, sparse=emb.sparse)``: the trainer may set ``emb.sparse`` to
+        have their gradients sparse and their Adam updates lazy (``train.lazy_adam``)."""
+        return []
+
 
 # Batch.user of a history that belongs to no known user (serving a new history): a user-ID model
 # (BPRMF, NCF-MLP) folds that history in instead of reading a user embedding.

@@ -165,6 +165,10 @@ class LLMEMF(Recommender):
             raise ValueError("cold_id='content' predicts ID vectors from image/text features: enable modality img or txt")
         self.config.cold_id = mode
 
+    def sparse_embeddings(self) -> list[nn.Embedding]:
+        # The sampled softmax reads a few rows of the ID table per step; the full softmax reads them all.
+        return [self.item_id] if self.config.train_negatives else []
+
     # ---- item side ---------------------------------------------------------------------------
     def item_table(self, m: str) -> torch.Tensor:
         """(N+1, d_m) item vectors of modality m (learned for id; frozen, missing rows learned, otherwise)."""
@@ -176,7 +180,9 @@ class LLMEMF(Recommender):
         if m == "id":
             if self.config.cold_id == "content" and not self.training:
                 return self._content_imputed_ids()[ids]
-            return self.item_id.weight[ids]
+            if isinstance(ids, slice):
+                return self.item_id.weight[ids]
+            return F.embedding(ids, self.item_id.weight, sparse=self.item_id.sparse)  # no padding_idx: the pad row learns, as ever
         start, end = self.frozen_cols[m]
         rows = self.frozen_keys[ids, start : end - 1].float()
         return torch.where(getattr(self, f"{m}_mask")[ids][..., None], rows, self.missing[m].float())
@@ -360,16 +366,22 @@ class LLMEMF(Recommender):
                 return full if candidates is None else full.gather(1, candidates - lo)
             if candidates is None:
                 return self._fused_logits(mixed, lo, hi)
-            if self._candidates_via_full(candidates, hi - lo):
+            if self._candidates_via_full(candidates.shape[1], hi - lo):
                 return self._fused_logits(mixed, lo, hi).gather(1, candidates - lo)
             return self._combine(self._domain_logits(mixed, lo, hi, candidates))
         full = sum(seq_weight[s] * self._domain_scores({m: qm[s] for m, qm in q.items()}, lo, hi) for s in range(3))
         return full if candidates is None else full.gather(1, candidates - lo)
 
-    # None: choose by cost (below); True / False force a path (benchmarks/bench_eval.py compares them).
+    # None: choose by cost (below); True / False force a path (tests/test_llmemf.py compares them).
     candidates_via_full: bool | None = None
 
-    def _candidates_via_full(self, candidates: torch.Tensor, n_domain: int) -> bool:
+    def candidate_scores_are_full_columns(self, n_candidates: int, domain: int) -> bool:
+        lo, hi = self.domain_ranges[domain]
+        if self.config.fusion != "logits" or self.config.cold_id == "neutral":
+            return True  # scores() picks the columns of the full scores in these modes
+        return self._candidates_via_full(n_candidates, hi - lo)
+
+    def _candidates_via_full(self, n_candidates: int, n_domain: int) -> bool:
         """Score (B, C) candidates by gathering their keys (B, C, sum d_m) or by scoring the whole
         domain (B, N_d) in matmuls and picking columns: the second reads fewer numbers whenever
         C x sum d_m > N_d (the c2dsr protocol's 1000 candidates x 256-d ID keys = 256k per user
@@ -377,7 +389,7 @@ class LLMEMF(Recommender):
         if self.candidates_via_full is not None:
             return self.candidates_via_full
         width = sum(self.widths[m] for m in self.modalities)
-        return candidates.shape[1] * width >= n_domain
+        return n_candidates * width >= n_domain
 
     # ---- serving: logit fusion as one dot product per domain ---------------------------------
     def fused_query(self, batch: Batch, domain: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from llmemf.config import RunConfig, load_config
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.distributed import SINGLE, World, setup
-from llmemf.evaluation.protocols import EvalResult, Evaluator, format_table
+from llmemf.evaluation.protocols import EvalResult, Evaluator, evaluate_together, format_table
 from llmemf.evaluation.ranks import save_ranks
 from llmemf.io import atomic_torch_save
 from llmemf.models.base import Recommender, build_model
@@ -119,20 +119,19 @@ def train_in_bf16(cfg: RunConfig, model: Recommender) -> bool:
 
 
 def evaluate_all(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str, world: World = SINGLE) -> dict[str, EvalResult]:
-    return {p: ev.evaluate(model, cfg.device, cfg.eval.bf16, world=world) for p, ev in _evaluators(cfg, bundle, split).items()}
+    evaluators = _evaluators(cfg, bundle, split)
+    return dict(zip(evaluators, evaluate_together(list(evaluators.values()), model, cfg.device, cfg.eval.bf16, world), strict=True))
 
 
-def cold_item_results(model: Recommender, cfg: RunConfig, bundle: DataBundle, split: str, world: World = SINGLE) -> dict[str, dict] | None:
-    """Metrics over users whose target is a cold-start item (never in training), when the dataset
-    lists such items in cold_items.json (the synthetic shop does)."""
+def cold_item_results(results: dict[str, EvalResult], cfg: RunConfig, bundle: DataBundle) -> dict[str, dict] | None:
+    """``results`` (evaluate_all's) over the users whose target is a cold-start item (never in training),
+    when the dataset lists such items in cold_items.json (the synthetic shop does)."""
     root = bundle.dataset.root
     if root is None or not (Path(root) / "cold_items.json").exists():
         return None
     cold = np.asarray(json.loads((Path(root) / "cold_items.json").read_text())["items"], dtype=np.int64)
-    out = {}
-    for p, ev in _evaluators(cfg, bundle, split).items():
-        out[p] = ev.restrict(ev.evaluate(model, cfg.device, cfg.eval.bf16, world=world), cold).to_dict()
-    return out
+    split = next(iter(results.values())).split
+    return {p: ev.restrict(results[p], cold).to_dict() for p, ev in _evaluators(cfg, bundle, split).items()}
 
 
 def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print) -> TrainResult:
@@ -200,7 +199,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
     t_final = time.perf_counter()
     valid = evaluate_all(model, cfg, bundle, "valid", world)
     test = evaluate_all(model, cfg, bundle, "test", world)
-    cold = cold_item_results(model, cfg, bundle, "test", world)
+    cold = cold_item_results(test, cfg, bundle)
     epoch_seconds, eval_seconds = fitted.epoch_seconds, fitted.eval_seconds
     seconds = {"fit": fit_s, "train": sum(epoch_seconds), "epoch_eval": sum(eval_seconds), "final_eval": time.perf_counter() - t_final}
     if world.is_main:
