@@ -223,8 +223,7 @@ class LLMEMF(Recommender):
         for m in self.modalities:
             # (3, B, L, d_m): ID rows scaled like SASRec's input; frozen rows are unit vectors
             vectors = self.item_vectors(m, seqs) * (self.config.d_id**0.5 if m == "id" else 1.0)
-            h = self.encoders[m](vectors, valid)  # (3, B, L, d_m)
-            out[m] = h[:, :, -1] if last_only else h
+            out[m] = self.encoders[m](vectors, valid, last_only)  # (3, B, L, d_m) or (3, B, d_m)
         return out
 
     def _fused_queries(self, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
