@@ -1,11 +1,15 @@
 """The query side of serving: LLM-EMF's encoders compute the last position only at inference (the last
-block computes that row alone); the answers are those of the full encoder pass, alone and batched."""
+block computes that row alone), and `--compile` runs them compiled; the answers are those of the full
+encoder pass and of eager, alone and batched."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from llmemf.data.batching import DataBundle
+from llmemf.errors import UserError
+from llmemf.models.base import build_model
 from llmemf.models.layers import StackedSequenceEncoder
 from llmemf.serving.recommend import RecommendRequest, ServedModel
 
@@ -18,9 +22,12 @@ def served(llmemf_run) -> ServedModel:
     return ServedModel.load(llmemf_run)
 
 
+def answer(res) -> tuple[list[int], list[float]]:
+    return [i.item_id for i in res.items], [i.score for i in res.items]
+
+
 def answers(served: ServedModel, batched: bool) -> list[tuple[list[int], list[float]]]:
-    results = served.recommend_many(REQUESTS) if batched else [served.recommend(r) for r in REQUESTS]
-    return [([i.item_id for i in r.items], [i.score for i in r.items]) for r in results]
+    return [answer(r) for r in (served.recommend_many(REQUESTS) if batched else [served.recommend(r) for r in REQUESTS])]
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +58,35 @@ def test_fused_query_of_a_batch_is_each_history_alone(served):
             batch = served.model.fused_query(served.history_batch(HISTORIES), dom)
             alone = torch.cat([served.model.fused_query(served.history_batch([h]), dom) for h in HISTORIES])
             torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_model(serve_dataset):
+    """An untrained LLM-EMF with the fewest ops (ID modality, one block): compiling it is what the test pays
+    for, and the number of ops sets that cost, not the widths."""
+    torch.manual_seed(0)
+    bundle = DataBundle(serve_dataset, max_len=6)
+    return build_model("llmemf", {"d_id": 8, "modalities": ["id"], "n_blocks": 1, "n_heads": 2}, bundle).eval(), bundle
+
+
+def test_compiled_queries_give_the_eager_answers(small_model):
+    """`--compile`: after warm-up (both graphs compiled), every history length (up to and beyond max_len), both
+    domains, alone and coalesced, answer as eager does, with no compilation at request time."""
+    model, bundle = small_model
+    eager = ServedModel(model, bundle, "llmemf")
+    compiled = ServedModel(model, bundle, "llmemf", compile=True)
+    compiled.warm_up()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    requests = [RecommendRequest(h, dom, k=8) for h in [*HISTORIES, list(range(6))] for dom in ("X", "Y")]
+    want = [answer(eager.recommend(r)) for r in requests]
+    for got in ([compiled.recommend(r) for r in requests], compiled.recommend_many(requests)):
+        for res, (want_ids, want_scores) in zip(got, want, strict=True):
+            ids, scores = answer(res)
+            assert ids == want_ids
+            assert scores == pytest.approx(want_scores, abs=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # warm-up compiled every shape
+
+
+def test_compile_needs_a_fused_query(sasrec_run):
+    with pytest.raises(UserError, match="--compile"):
+        ServedModel.load(sasrec_run, compile=True)

@@ -323,7 +323,9 @@ class StackedSequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         S, B, L, d = x.shape
-        pos = self.pos[:, :L].flip(1)  # (S, L, d): last column gets position 0
+        # (S, L, d): last column gets position 0. Gathered rather than sliced and flipped: torch.compile would
+        # specialise a slice that spans all max_len positions (serving/compiled.py compiles for any length)
+        pos = self.pos[:, torch.arange(L - 1, -1, -1, device=x.device)]
         keep = valid[..., None].to(x.dtype)
         x = self.drop(x + pos[:, None]) * keep
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
