@@ -35,6 +35,14 @@ dataset has none: said in the output), randomly initialised, written as a run di
    within a cluster): learned embeddings cluster, uniformly random ones are the hardest case for any
    index, so this is the recall of clustered keys, not of a trained model's.
 
+4. The query side (issue 17: with --index ivf the encoders are what a request waits for): on each --index
+   ivf spec's served model, LLM-EMF's encoders computing the last position only (the current path) against
+   the full encoder pass (every position through every block, then the last picked: the path before),
+   and the same compiled (`llmemf serve --compile`; its warm-up time in the row's name), per request
+   interleaved, so all see the same load: the query alone (history batch + encoders) and
+   ``ServedModel.recommend``, p50 / p99 and full/this ratios. Over HTTP, `llmemf serve --index ivf` with
+   the full encoder pass patched in, and with --compile (concurrency 1), next to the plain server's rows.
+
 The machine may be shared: the script prints the load average at start and end next to the numbers.
 """
 
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -60,11 +69,17 @@ from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset, DomainInfo, Manifest, make_items_frame, split_history_target
 from llmemf.features.store import Feature, FeatureManifest, list_features, save_feature
 from llmemf.models.base import build_model
+from llmemf.models.layers import StackedSequenceEncoder
 from llmemf.serving.index import IndexSpec
 from llmemf.serving.recommend import RecommendRequest, ServedModel
 
 FEATURES = {"img": 512, "txt_llm": 384}  # CLIP ViT-B/32 and all-MiniLM-L6-v2 widths
 N_CLUSTERS = 2000  # clusters of the synthetic item vectors
+# `llmemf serve` with the full encoder pass patched in (section 4); argv after -c is serve's
+FULL_PASS_SERVE = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_serve; "
+    "bench_serve.use_full_encoder_pass(); from llmemf.cli import main; main()"
+)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -182,9 +197,68 @@ def in_process(label: str, served: ServedModel, reqs: list[RecommendRequest], ba
     return answers
 
 
-def in_process_index(label: str, served: ServedModel, spec: str, reqs: list[RecommendRequest], exact: tuple, rows: list) -> None:
+def use_full_encoder_pass():
+    """Make LLM-EMF's encoders run every position through every block and pick the last (the query path
+    before the last-position encoders); returns the function that restores the current path."""
+    last_position = StackedSequenceEncoder.forward
+
+    def full_pass(self, x, valid, last_only=False):
+        states = last_position(self, x, valid)
+        return states[:, :, -1] if last_only else states
+
+    StackedSequenceEncoder.forward = full_pass
+    return lambda: setattr(StackedSequenceEncoder, "forward", last_position)
+
+
+@contextlib.contextmanager
+def encoder_pass(full: bool):
+    restore = use_full_encoder_pass() if full else None
+    try:
+        yield
+    finally:
+        if restore:
+            restore()
+
+
+def query_path(label: str, spec: str, served: ServedModel, reqs: list[RecommendRequest], rows: list) -> None:
+    """Section 4: the full encoder pass, the last-position encoders and those compiled (`--compile`, its
+    warm-up timed), interleaved request by request."""
+    compiled = ServedModel(served.model, served.bundle, served.model_name, index=served.index, compile=True)
+    compiled._indexes = served._indexes  # the same index, built once
+    t = time.perf_counter()
+    compiled.warm_up()
+    compile_s = time.perf_counter() - t
+    paths = {
+        "full encoder pass": (served, True),
+        "last position": (served, False),
+        f"last position, --compile ({compile_s:.0f} s)": (compiled, False),
+    }
+    times: dict[tuple[str, str], list[float]] = {(what, path): [] for what in ("query", "recommend") for path in paths}
+    for r in reqs[:10]:
+        compiled.recommend(r)
+    for r in reqs:
+        domain = served.resolve_domain(r.domain)
+        for path, (model, full) in paths.items():
+            with encoder_pass(full):
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    model.query(model.history_batch([model.resolve_items(r.history)[0]]), domain)
+                times["query", path].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                model.recommend(r)
+                times["recommend", path].append(time.perf_counter() - t)
+    rq, rr = times["query", "full encoder pass"], times["recommend", "full encoder pass"]
+    for path in paths:
+        q, rec = times["query", path], times["recommend", path]
+        rows.append(
+            (label, spec, path, len(rec), pct(q, 50), pct(q, 99), pct(rec, 50), pct(rec, 99), pct(rq, 50) / pct(q, 50), pct(rr, 50) / pct(rec, 50))
+        )
+        print(f"  {label} --index {spec}, {path}: fused_query p50 {pct(q, 50):.2f} ms, recommend p50 {pct(rec, 50):.2f} ms", flush=True)
+
+
+def in_process_index(label: str, served: ServedModel, spec: str, reqs: list[RecommendRequest], exact: tuple, rows: list) -> ServedModel:
     """The same requests answered with `--index spec` (the same model): build time, latency, recall@10 against
-    the exact answers; ``exact`` is (latencies, answers) of exact scoring in this run."""
+    the exact answers; ``exact`` is (latencies, answers) of exact scoring in this run. Returns the indexed model."""
     indexed = ServedModel(served.model, served.bundle, served.model_name, index=IndexSpec.parse(spec))
     t = time.perf_counter()
     indexed.warm_up()  # both domains' keys or index, as the service builds them before it answers
@@ -208,6 +282,7 @@ def in_process_index(label: str, served: ServedModel, spec: str, reqs: list[Reco
         f"  {label} --index {spec}: built in {build:.0f} s, p50 {pct(times, 50):.2f} ms p99 {pct(times, 99):.2f} ms, recall@10 {rows[-1][-1]:.3f}",
         flush=True,
     )
+    return indexed
 
 
 # ---- HTTP -------------------------------------------------------------------------------------
@@ -251,14 +326,27 @@ async def load_loop(url: str, bodies: list[dict], concurrency: int, n: int, seco
     return lat, errors, time.perf_counter() - t0, answers
 
 
-def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: list, index: str = "exact", exact: dict | None = None) -> dict:
+def http_bench(
+    label: str,
+    run: Path,
+    reqs: list[RecommendRequest],
+    args,
+    rows: list,
+    index: str = "exact",
+    exact: dict | None = None,
+    query: str | None = None,
+) -> dict:
     """`llmemf serve RUN --index index` under load; recall@10 against ``exact`` (body index -> item ids of the
-    exact server, concurrency 1) where given. Returns this server's answers at concurrency 1."""
+    exact server, concurrency 1) where given. ``query`` (section 4, concurrency 1 only): "full encoder pass"
+    (patched in) or "--compile". Returns this server's answers at concurrency 1."""
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "llmemf.cli", "serve", str(run), "--port", str(port), "--threads", str(args.threads), "--index", index]
+    launcher = ["-c", FULL_PASS_SERVE] if query == "full encoder pass" else ["-m", "llmemf.cli"]
+    cmd = [sys.executable, *launcher, "serve", str(run), "--port", str(port), "--threads", str(args.threads), "--index", index] + (
+        ["--compile"] if query == "--compile" else []
+    )
     answers_c1: dict[int, list[int]] = {}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -276,15 +364,16 @@ def http_bench(label: str, run: Path, reqs: list[RecommendRequest], args, rows: 
             time.sleep(0.5)
         bodies = [{"history": r.history, "domain": r.domain, "k": r.k} for r in reqs]
         asyncio.run(load_loop(url, bodies, 1, 20, 60))  # warm-up
-        for c in args.concurrency:
+        shown = f"{index}, {query}" if query else index
+        for c in [1] if query else args.concurrency:
             lat, errors, wall, answers = asyncio.run(load_loop(url, bodies, c, args.http_requests, args.http_seconds))
             if c == 1:
                 answers_c1 = answers
             common = sorted(set(answers) & set(exact or {}))
             rec = recall([answers[i] for i in common], [exact[i] for i in common]) if common else float("nan")
-            rows.append((label, index, c, len(lat), errors, pct(lat, 50), pct(lat, 99), len(lat) / wall, rec))
+            rows.append((label, shown, c, len(lat), errors, pct(lat, 50), pct(lat, 99), len(lat) / wall, rec))
             print(
-                f"  {label} --index {index} c={c}: {len(lat)} ok, {errors} errors, p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, "
+                f"  {label} --index {shown} c={c}: {len(lat)} ok, {errors} errors, p50 {pct(lat, 50):.1f} ms p99 {pct(lat, 99):.1f} ms, "
                 f"{len(lat) / wall:.1f} req/s, recall@10 {rec:.3f}",
                 flush=True,
             )
@@ -398,7 +487,7 @@ def main() -> None:
             n == max(sizes),  # the approximate index on the largest catalogue
         )
 
-    inproc, indexed, http, ann = [], [], [], []
+    inproc, indexed, queries, http, ann = [], [], [], [], []
     ann_label = next((k for k, v in runs.items() if v[3]), "")
     print("\n[1] in-process scoring (ServedModel.recommend, k=10)")
     for label, (run, root, domain, with_ann) in runs.items():
@@ -409,7 +498,10 @@ def main() -> None:
         exact_answers = in_process(label, served, reqs, min(args.baseline_requests, 50) if big else args.baseline_requests, inproc)
         exact_times, _ = time_requests(served, reqs)  # exact again, right before the index rows (the load drifts)
         for spec in args.index:
-            in_process_index(label, served, spec, reqs, (exact_times, exact_answers), indexed)
+            with_index = in_process_index(label, served, spec, reqs, (exact_times, exact_answers), indexed)
+            if IndexSpec.parse(spec).kind == "ivf":
+                query_path(label, spec, with_index, reqs, queries)
+            del with_index
         if not args.skip_ann and with_ann:
             print(f"\n[3] approximate index at {label} (ID keys, clustered synthetic vectors)")
             ann_bench(served, reqs, args.threads, ann)
@@ -425,6 +517,9 @@ def main() -> None:
             exact = http_bench(label, run, reqs, args, http)
             for spec in args.index:
                 http_bench(label, run, reqs, args, http, spec, exact)
+                if IndexSpec.parse(spec).kind == "ivf":
+                    for query in ("full encoder pass", "--compile"):
+                        http_bench(label, run, reqs, args, http, spec, exact, query)
 
     print(f"\nload average at end {load_avg()}; {args.threads} torch thread(s)\n")
     print(
@@ -444,6 +539,15 @@ def main() -> None:
             )
         )
         print("(in-process; exact = the fused-key path timed again right before, same requests; recall@10 against its answers)\n")
+    if queries:
+        print(
+            table(
+                ("catalogue", "index", "encoders", "n", "query p50 ms", "query p99 ms", "p50 ms", "p99 ms", "full/this query p50", "full/this p50"),
+                queries,
+                ("{}", "{}", "{}", "{}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}x", "{:.2f}x"),
+            )
+        )
+        print("(in-process, interleaved request by request; query: history batch + fused_query; p50 / p99: ServedModel.recommend)\n")
     if http:
         print(
             table(

@@ -228,6 +228,18 @@ def test_stacked_encoder_slices_are_independent_and_causal():
     assert torch.isfinite(out).all()
 
 
+def test_stacked_encoder_last_only_is_the_last_position_of_the_full_pass():
+    """Inference reads the last position only; the last block then computes that row alone, the same numbers."""
+    torch.manual_seed(0)
+    enc = StackedSequenceEncoder(3, 8, max_len=6, n_blocks=2, n_heads=2, dropout=0.0).eval()
+    x = torch.randn(3, 4, 6, 8)
+    valid = torch.ones(3, 4, 6, dtype=torch.bool)
+    valid[:, 0, :2] = False  # left padding
+    valid[1, 1] = False  # an empty sequence
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, valid, last_only=True), enc(x, valid)[:, :, -1], rtol=1e-5, atol=1e-5)
+
+
 def _copy_into_stack(stack: StackedSequenceEncoder, encoders: list[SequenceEncoder]) -> None:
     """Stack slice i <- encoders[i]'s weights (StackedLinear keeps (d_in, d_out), nn.Linear (d_out, d_in))."""
     with torch.no_grad():

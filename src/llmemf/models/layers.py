@@ -253,6 +253,11 @@ class StackedLinear(nn.Module):
         S, B, L, d = x.shape
         return (torch.baddbmm(self.bias, x.reshape(S, B * L, d), self.weight)).view(S, B, L, -1)
 
+    def columns(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Output columns start..end-1 only: forward(x)[..., start:end] without computing the others."""
+        S, B, L, d = x.shape
+        return torch.baddbmm(self.bias[..., start:end], x.reshape(S, B * L, d), self.weight[..., start:end]).view(S, B, L, -1)
+
 
 class StackedLayerNorm(nn.Module):
     def __init__(self, n_stack: int, d: int):
@@ -287,13 +292,26 @@ class StackedBlock(nn.Module):
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """forward(x, mask)[:, :, -1:], (S, B, 1, d): the last position's output needs the keys and values of
+        every position but the query, projection and feed-forward of that position only."""
+        S, B, L, d = x.shape
+        H = self.n_heads
+        h = self.ln1(x)
+        q = self.qkv.columns(h[:, :, -1:], 0, d).reshape(S * B, 1, H, d // H).transpose(1, 2)  # (S*B, H, 1, dh)
+        k, v = (t.reshape(S * B, L, H, d // H).transpose(1, 2) for t in self.qkv.columns(h, d, 3 * d).split(d, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[..., -1:, :], dropout_p=self.dropout if self.training else 0.0)
+        x = x[:, :, -1:] + self.drop(self.proj(y.transpose(1, 2).reshape(S, B, 1, d)))
+        return x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
+
 
 class StackedSequenceEncoder(nn.Module):
     """S causal self-attention encoders (same width, separate weights) over S sequences of one width.
 
     Equivalent to S SequenceEncoders, but each layer is one batched matmul over the stack, which
     is what makes LLM-EMF's nine encoders cheap: one stacked call per modality serves X, Y and XY.
-    Input (S, B, L, d) vectors and (S, B, L) validity -> (S, B, L, d).
+    Input (S, B, L, d) vectors and (S, B, L) validity -> (S, B, L, d), or with ``last_only`` the last
+    position's states (S, B, d), for which the last block computes that position's row only.
     """
 
     def __init__(self, n_stack: int, d: int, max_len: int, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2):
@@ -303,17 +321,24 @@ class StackedSequenceEncoder(nn.Module):
         self.blocks = nn.ModuleList([StackedBlock(n_stack, d, n_heads, dropout) for _ in range(n_blocks)])
         self.ln_f = StackedLayerNorm(n_stack, d)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         S, B, L, d = x.shape
-        pos = self.pos[:, :L].flip(1)  # (S, L, d): last column gets position 0
+        # (S, L, d): last column gets position 0. Gathered rather than sliced and flipped: torch.compile would
+        # specialise a slice that spans all max_len positions (serving/compiled.py compiles for any length)
+        pos = self.pos[:, torch.arange(L - 1, -1, -1, device=x.device)]
         keep = valid[..., None].to(x.dtype)
         x = self.drop(x + pos[:, None]) * keep
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         mask = (causal & valid.reshape(S * B, 1, L)) | torch.eye(L, dtype=torch.bool, device=x.device)
         mask = mask[:, None]  # (S*B, 1, L, L)
-        for block in self.blocks:
+        if not last_only:
+            for block in self.blocks:
+                x = block(x, mask) * keep
+            return self.ln_f(x)
+        for block in self.blocks[:-1]:
             x = block(x, mask) * keep
-        return self.ln_f(x)
+        x = self.blocks[-1].forward_last(x, mask) * keep[:, :, -1:]
+        return self.ln_f(x)[:, :, 0]
 
 
 class MergedSequenceModel(Recommender):

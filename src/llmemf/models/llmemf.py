@@ -229,8 +229,7 @@ class LLMEMF(Recommender):
         for m in self.modalities:
             # (3, B, L, d_m): ID rows scaled like SASRec's input; frozen rows are unit vectors
             vectors = self.item_vectors(m, seqs) * (self.config.d_id**0.5 if m == "id" else 1.0)
-            h = self.encoders[m](vectors, valid)  # (3, B, L, d_m)
-            out[m] = h[:, :, -1] if last_only else h
+            out[m] = self.encoders[m](vectors, valid, last_only)  # (3, B, L, d_m) or (3, B, d_m)
         return out
 
     def _fused_queries(self, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -398,7 +397,15 @@ class LLMEMF(Recommender):
         them), the frozen modalities' augmented parts first (frozen_keys' column order), then the ID part."""
         if self.config.fusion != "logits":
             raise ValueError("fused_query needs fusion='logits' (probability fusion is not one dot product)")
-        q = self._fused_queries(self.encode(batch, last_only=True))  # m -> (3, B, d_m)
+        return self.fold_queries(self.sequence_queries(batch), domain)
+
+    def sequence_queries(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The encoders' part of ``fused_query``, the same for either domain: per modality (3, B, d_m) the
+        normalised, weighted queries of the sequences X, Y, XY."""
+        return self._fused_queries(self.encode(batch, last_only=True))
+
+    def fold_queries(self, q: dict[str, torch.Tensor], domain: int) -> torch.Tensor:
+        """``sequence_queries`` -> the (B, D) ``fused_query`` of a target domain."""
         seq_weight = {domain: 1.0, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}  # T, S, XY
         mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
         return torch.cat([self._augmented_query(m, mixed[m]) for m in self.frozen_cols] + [mixed["id"]], dim=-1)

@@ -325,8 +325,10 @@ class _Catalogue:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for --workers > 1 (each worker process loads the runs): LLMEMF_SERVE_RUNS (os.pathsep-
-    separated run directories), LLMEMF_SERVE_THREADS and LLMEMF_SERVE_INDEX (serve's --index)."""
+    separated run directories), LLMEMF_SERVE_THREADS, LLMEMF_SERVE_INDEX and LLMEMF_SERVE_COMPILE (serve's --index
+    and --compile)."""
     torch.set_num_threads(int(os.environ.get("LLMEMF_SERVE_THREADS", "1")))
     dirs = [Path(p) for p in os.environ["LLMEMF_SERVE_RUNS"].split(os.pathsep)]
     index = os.environ.get("LLMEMF_SERVE_INDEX", "exact")
-    return create_app([ServedModel.load(d, index=index) for d in dirs])
+    compile_ = bool(os.environ.get("LLMEMF_SERVE_COMPILE"))
+    return create_app([ServedModel.load(d, index=index, compile=compile_) for d in dirs])

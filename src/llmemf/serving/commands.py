@@ -60,6 +60,12 @@ def register(app: typer.Typer) -> None:
             "rounded scores) or ivf (an approximate index, faiss IVF: far faster at large catalogues, at some recall; "
             "knobs as ivf:nlist=1024,nprobe=16). See docs/serving.md",
         ),
+        compile_: bool = typer.Option(
+            False,
+            "--compile",
+            help="LLM-EMF with logit fusion: run the query encoders through torch.compile (compiled at start, which takes "
+            "a minute or more; the same answers, faster per request). See docs/serving.md",
+        ),
     ) -> None:
         """Serve recommendations over HTTP (FastAPI on uvicorn) with a web page at / and API docs at /docs."""
         try:
@@ -80,7 +86,7 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"warning: binding {host}: the service has no authentication", fg=typer.colors.YELLOW, err=True)
         if workers == 1:
             torch.set_num_threads(threads)
-            app_ = create_app([ServedModel.load(r, index=index) for r in runs])
+            app_ = create_app([ServedModel.load(r, index=index, compile=compile_) for r in runs])
             typer.echo(f"serving {', '.join(map(str, runs))} on http://{host}:{port}/ (docs at /docs)")
             uvicorn.run(app_, host=host, port=port, log_level="warning")
             return
@@ -90,5 +96,6 @@ def register(app: typer.Typer) -> None:
         os.environ["LLMEMF_SERVE_RUNS"] = os.pathsep.join(str(r.resolve()) for r in runs)
         os.environ["LLMEMF_SERVE_THREADS"] = str(threads)
         os.environ["LLMEMF_SERVE_INDEX"] = index
+        os.environ["LLMEMF_SERVE_COMPILE"] = "1" if compile_ else ""
         typer.echo(f"serving {', '.join(map(str, runs))} on http://{host}:{port}/ with {workers} workers (docs at /docs)")
         uvicorn.run("llmemf.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")

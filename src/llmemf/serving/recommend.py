@@ -14,6 +14,9 @@ A ``ServedModel`` loads a run once and answers ``RecommendRequest``s:
   top-k      ``torch.topk`` after masking the history (``exclude_history``); never padded with excluded items
   fallback   an empty or all-unknown history gets the domain's most popular training items, flagged
 
+With ``compile=True`` (`llmemf serve --compile`, serving/compiled.py) LLM-EMF's query encoders run compiled,
+compiled at warm-up.
+
 Request mistakes raise ``RequestError`` (a UserError): the CLI prints it and exits 2, the service answers 4xx.
 """
 
@@ -32,6 +35,7 @@ from llmemf.data.batching import Batch, DataBundle, domain_masks, left_pad
 from llmemf.errors import UserError
 from llmemf.models.base import Recommender
 from llmemf.models.llmemf import COLD_ID_MODES
+from llmemf.serving.compiled import CompiledQuery
 from llmemf.serving.index import IndexSpec, IVFIndex, import_faiss
 
 MAX_K = 1000  # largest k a request may ask for
@@ -83,7 +87,14 @@ class ServedModel:
     """A trained run loaded once for answering requests (thread-safe: scoring is serialised)."""
 
     def __init__(
-        self, model: Recommender, bundle: DataBundle, model_name: str, run_dir: Path | None = None, config=None, index: IndexSpec | None = None
+        self,
+        model: Recommender,
+        bundle: DataBundle,
+        model_name: str,
+        run_dir: Path | None = None,
+        config=None,
+        index: IndexSpec | None = None,
+        compile: bool = False,
     ):
         self.model = model.eval()
         self.bundle = bundle
@@ -111,11 +122,18 @@ class ServedModel:
             )
         if self.ivf:
             import_faiss()  # a missing faiss is said now, not at the first request
+        if compile and not self.fast:
+            raise UserError(
+                f"--compile: model {model_name} has no fused query to compile (only LLM-EMF with fusion=logits has); serve it without --compile"
+            )
+        self.compiled = CompiledQuery(model) if compile else None
+        self.query = (self.compiled or model.fused_query) if self.fast else None  # (batch, domain) -> (B, D) fused query
         self._lock = threading.Lock()  # model state (cold_id on the slow path) and the key cache
 
     @classmethod
-    def load(cls, run_dir: str | Path, index: str | None = None) -> ServedModel:
-        """Load a run; ``index``: "exact" / None, "fp16" or "ivf[:nlist=N,nprobe=N]" (serving/index.py)."""
+    def load(cls, run_dir: str | Path, index: str | None = None, compile: bool = False) -> ServedModel:
+        """Load a run; ``index``: "exact" / None, "fp16" or "ivf[:nlist=N,nprobe=N]" (serving/index.py);
+        ``compile``: LLM-EMF's query encoders through torch.compile (serving/compiled.py)."""
         from llmemf.training.trainer import load_run
 
         path = Path(run_dir)
@@ -128,7 +146,7 @@ class ServedModel:
             raise UserError(f"{path}: no best.pt (training has not finished an epoch); train it with `llmemf train`")
         spec = IndexSpec.parse(index)  # a bad spec fails before the run is loaded
         cfg, bundle, model = load_run(path)
-        return cls(model, bundle, cfg.model_name, run_dir=run_dir, config=cfg, index=spec)
+        return cls(model, bundle, cfg.model_name, run_dir=run_dir, config=cfg, index=spec, compile=compile)
 
     # ---- input ---------------------------------------------------------------------------------
     @property
@@ -236,7 +254,12 @@ class ServedModel:
         return self._indexes[key]
 
     def warm_up(self) -> None:
-        """Precompute both domains' keys (or index) under the run's own policy (the service does this at start)."""
+        """Precompute both domains' keys (or index) under the run's own policy, and compile the query encoders
+        with ``compile`` (the service does this at start, before it answers)."""
+        if self.compiled is not None:
+            one_of_each = [0, self.bundle.domain_range(1)[0]]  # an X and a Y item: all three sequences non-empty
+            with self._lock, torch.inference_mode():
+                self.compiled.warm_up([one_of_each, one_of_each[:1]], self.history_batch)
         if self.fast:
             for d in (0, 1):
                 if not self.ivf:
@@ -251,7 +274,7 @@ class ServedModel:
         if self.fast:
             keys = self.keys(domain, cold_id)
             with self._lock:  # the encoders are shared modules; one forward at a time
-                q = self.model.fused_query(batch, domain)  # (B, D)
+                q = self.query(batch, domain)  # (B, D)
             return (q.to(keys.dtype) @ keys.T).float()
         with self._lock:
             before = getattr(self.model.config, "cold_id", None)
@@ -270,7 +293,7 @@ class ServedModel:
         batch = self.history_batch(histories)
         index = self.ann_index(domain, cold_id)
         with self._lock:  # the encoders are shared modules; one forward at a time
-            q = self.model.fused_query(batch, domain)  # (B, D)
+            q = self.query(batch, domain)  # (B, D)
         return index.search(q, n)
 
     @torch.inference_mode()
