@@ -530,33 +530,30 @@ def main() -> None:
         )
     )
     print("(in-process; baseline = the generic model.scores path, measured in the same run)\n")
-    if indexed:
-        print(
-            table(
-                ("catalogue", "index", "build s", "n", "p50 ms", "p99 ms", "exact/index p50", "exact/index p99", "recall@10"),
-                indexed,
-                ("{}", "{}", "{:.1f}", "{}", "{:.2f}", "{:.2f}", "{:.1f}x", "{:.1f}x", "{:.3f}"),
-            )
-        )
-        print("(in-process; exact = the fused-key path timed again right before, same requests; recall@10 against its answers)\n")
-    if queries:
-        print(
-            table(
-                ("catalogue", "index", "encoders", "n", "query p50 ms", "query p99 ms", "p50 ms", "p99 ms", "full/this query p50", "full/this p50"),
-                queries,
-                ("{}", "{}", "{}", "{}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}x", "{:.2f}x"),
-            )
-        )
-        print("(in-process, interleaved request by request; query: history batch + fused_query; p50 / p99: ServedModel.recommend)\n")
-    if http:
-        print(
-            table(
-                ("catalogue", "index", "concurrency", "ok", "errors", "p50 ms", "p99 ms", "req/s", "recall@10"),
-                http,
-                ("{}", "{}", "{}", "{}", "{}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.3f}"),
-            )
-        )
-        print("(HTTP, client-side latency; client and server share the cores; recall@10 against the exact server's answers to the same bodies)\n")
+    sections = [
+        (
+            indexed,
+            ("catalogue", "index", "build s", "n", "p50 ms", "p99 ms", "exact/index p50", "exact/index p99", "recall@10"),
+            ("{}", "{}", "{:.1f}", "{}", "{:.2f}", "{:.2f}", "{:.1f}x", "{:.1f}x", "{:.3f}"),
+            "(in-process; exact = the fused-key path timed again right before, same requests; recall@10 against its answers)",
+        ),
+        (
+            queries,
+            ("catalogue", "index", "encoders", "n", "query p50 ms", "query p99 ms", "p50 ms", "p99 ms", "full/this query p50", "full/this p50"),
+            ("{}", "{}", "{}", "{}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.2f}x", "{:.2f}x"),
+            "(in-process, interleaved request by request; query: history batch + fused_query; p50 / p99: ServedModel.recommend)",
+        ),
+        (
+            http,
+            ("catalogue", "index", "concurrency", "ok", "errors", "p50 ms", "p99 ms", "req/s", "recall@10"),
+            ("{}", "{}", "{}", "{}", "{}", "{:.1f}", "{:.1f}", "{:.1f}", "{:.3f}"),
+            "(HTTP, client-side latency; client and server share the cores; recall@10 against the exact server's answers to the same bodies)",
+        ),
+    ]
+    for rows, headers, formats, note in sections:
+        if rows:
+            print(table(headers, rows, formats))
+            print(note + "\n")
     if ann:
         print(table((f"{ann_label}, domain X", "build s", "p50 ms", "p99 ms", "recall@10"), ann, ("{}", "{}", "{:.2f}", "{:.2f}", "{:.3f}")))
         print("(single queries; recall@10 against exact scoring of the same keys)")
