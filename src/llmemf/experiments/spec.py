@@ -205,6 +205,11 @@ class PlannedRun:
         return load_config(path, [f"model.name={self.model}", f"dataset={spec.dataset}", f"out={Path(spec.out) / self.run}", *self.overrides])
 
 
+def _point_run(kind: str, row: Row, point: Point, seed: int, overrides: list[str]) -> PlannedRun:
+    """A run of ``row`` at ``point`` and ``seed``, in its run directory ``<label>/<point>/seed<seed>``."""
+    return PlannedRun(kind, row.label, row.model, point, seed, f"{slug(row.label)}/{point_slug(point)}/seed{seed}", overrides, config_name=row.config)
+
+
 def _common(spec: Spec, row: Row, run_overrides: list[str]) -> list[str]:
     """The spec's cap and overrides, the row's, then the command line's (``NAME.key=value``: rows of model NAME only)."""
     from llmemf.experiments.runner import route_overrides
@@ -229,19 +234,7 @@ def row_search(spec: Spec, row: Row, run_overrides: list[str]) -> tuple[list[Pla
     seed = spec.seeds[0]
     base = [*_common(spec, row, run_overrides), f"seed={seed}"]
     shared = grid_product(spec.grid) if row.tune and _trainable(row.model) else [{}]
-    grid = [
-        PlannedRun(
-            "grid",
-            row.label,
-            row.model,
-            p,
-            seed,
-            f"{slug(row.label)}/{point_slug(p)}/seed{seed}",
-            [*base, *point_overrides(p)],
-            config_name=row.config,
-        )
-        for p in shared
-    ]
+    grid = [_point_run("grid", row, p, seed, [*base, *point_overrides(p)]) for p in shared]
     own = (
         [
             PlannedRun("own_grid", row.label, row.model, p, seed, "", [*base, *point_overrides(p)], config_name=row.config)
@@ -340,16 +333,7 @@ def run_spec(
         base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
         if spec.reuse_selection:
             point = chosen_prev[row.label]["point"]
-            sel = PlannedRun(
-                "grid",
-                row.label,
-                row.model,
-                point,
-                seed0,
-                f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
-                [*base, *point_overrides(point)],
-                config_name=row.config,
-            )
+            sel = _point_run("grid", row, point, seed0, [*base, *point_overrides(point)])
             execute(sel)
         else:
             grid, own = row_search(spec, row, run_overrides)
@@ -358,24 +342,14 @@ def run_spec(
                 runs = [(sel, done[_normalised(sel.config(spec))][0])]
                 for p in own:
                     point = {**sel.point, **p.point}
-                    q = PlannedRun(
-                        "own_grid",
-                        row.label,
-                        row.model,
-                        point,
-                        seed0,
-                        f"{slug(row.label)}/{point_slug(point)}/seed{seed0}",
-                        [*base, *point_overrides(point)],
-                        config_name=row.config,
-                    )
+                    q = _point_run("own_grid", row, point, seed0, [*base, *point_overrides(point)])
                     runs.append((q, execute(q)))
                 sel = best(runs)
         selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
         _mark_selected(plan, sel.run)
         write_plan()
         for seed in spec.seeds_of(row)[1:]:
-            q = dataclasses.replace(sel, kind="seed", seed=seed, run=f"{slug(row.label)}/{point_slug(sel.point)}/seed{seed}")
-            q.overrides = [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)]
+            q = _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
             execute(q)
             _mark_selected(plan, q.run)
     atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
