@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,text,llm,clip,images,serve,serve-test,serve-index,mimalloc
+EXTRAS ?= dev,text,llm,clip,images,serve,serve-test,serve-index
 
 .PHONY: demo test lint clean
 

@@ -14,9 +14,11 @@ from llmemf import runtime
 LIB = Path("/opt/lib/libmimalloc.so.3")  # any path: allocator_env only decides, never loads
 
 
-def test_default_tunes_glibc_in_process():
-    assert runtime.choose({}, LIB) == "glibc"
-    assert runtime.choose({}, None) == "glibc"
+def test_default_is_mimalloc_where_installed_else_the_system_malloc():
+    assert runtime.choose({}, LIB) == "mimalloc"
+    assert runtime.choose({}, None) == "off"
+    # glibc's in-process tuning only when asked (its heap can grow without bound: runtime's docstring)
+    assert runtime.choose({runtime.SWITCH: "glibc"}, LIB) == "glibc"
 
 
 def test_mimalloc_preloaded_once():
@@ -48,8 +50,8 @@ def test_nothing_to_do(environ):
     assert runtime.choose(environ, LIB) == "off"
 
 
-def test_mimalloc_without_the_wheel_falls_back_to_tuned_glibc():
-    assert runtime.choose({runtime.SWITCH: "mimalloc"}, None) == "glibc"
+def test_mimalloc_without_the_wheel_runs_as_started():
+    assert runtime.choose({runtime.SWITCH: "mimalloc"}, None) == "off"
 
 
 def test_unknown_value_warns_and_runs_as_started(capsys):
@@ -74,12 +76,13 @@ def _probe(**env_extra: str) -> list[str]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="allocator set-up is Linux only (LD_PRELOAD, glibc mallopt)")
 def test_glibc_tuned_in_process_without_restart():
-    # 'start' once: no re-execution; mallopt accepted (this is a glibc system). The default.
-    assert _probe() == ["start", "glibc-mallopt", "None False ['a', 'b c']"]
+    # 'start' once: no re-execution; mallopt accepted (this is a glibc system).
+    assert _probe(**{runtime.SWITCH: "glibc"}) == ["start", "glibc-mallopt", "None False ['a', 'b c']"]
     assert _probe(**{runtime.SWITCH: "off"}) == ["start", "off", "None False ['a', 'b c']"]
 
 
-@pytest.mark.skipif(runtime.mimalloc_path() is None, reason="cmeel-mimalloc is not installed (pip install llmemf[mimalloc])")
+@pytest.mark.skipif(sys.platform != "linux", reason="cmeel-mimalloc is a dependency on Linux only")
 def test_reexec_mimalloc_real_process_loads_it():
     # One restart: 'start' printed by the first and by the re-executed process, which decides nothing more.
-    assert _probe(**{runtime.SWITCH: "mimalloc"}) == ["start", "start", "off", "mimalloc True ['a', 'b c']"]
+    assert runtime.mimalloc_path() is not None, "cmeel-mimalloc (a dependency on Linux) is not installed"
+    assert _probe() == ["start", "start", "off", "mimalloc True ['a', 'b c']"]

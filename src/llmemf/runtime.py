@@ -3,15 +3,19 @@
 Why: a training step allocates and frees tensors of hundreds of MB (the (rows x items) logits of a
 full softmax). glibc's malloc serves anything above its mmap threshold (at most 32 MB) with a fresh
 mmap and returns it with munmap, so every step pays system calls and the page faults of touching
-fresh pages: 40-50% of the process's CPU time in the kernel (issue 15). Two cures measured the same
-in benchmarks/bench_allocator.py (docs/cost.md): glibc told to keep large blocks in its heap
-(mallopt: no mmap, no trimming, one arena; no package, no restart, the default) and mimalloc with purging
-off (the cmeel-mimalloc wheel, ``pip install llmemf[mimalloc]``; an allocator can only be chosen
-before the process starts, so the command then re-executes itself once with LD_PRELOAD set).
+fresh pages: 40-50% of the process's CPU time in the kernel (issue 15). mimalloc with purging off
+(the cmeel-mimalloc wheel, a dependency on Linux) keeps freed pages and reuses them: kernel share
+a few percent, and the fastest steps measured (docs/cost.md). An allocator can only be chosen before
+the process starts, so the command re-executes itself once with LD_PRELOAD set.
+
+glibc told by mallopt to keep large blocks in its one heap (no mmap, no trimming, one arena) was the
+default before: as fast in short benchmarks, but a full-softmax LLM-EMF training on Food-Kitchen grew
+to 24 GB and was killed by the kernel within two epochs (steps of varying sizes fragment the heap,
+and nothing is ever returned). It stays as an explicit choice for benchmarks, never the default.
 
 Environment:
-  LLMEMF_ALLOCATOR=glibc     (default) glibc tuned in-process by mallopt
-  LLMEMF_ALLOCATOR=mimalloc  re-execute under mimalloc if the wheel is installed, else as glibc
+  LLMEMF_ALLOCATOR=mimalloc  (default) re-execute under mimalloc if the wheel is installed, else run as started
+  LLMEMF_ALLOCATOR=glibc     glibc tuned in-process by mallopt (see above: memory can grow without bound)
   LLMEMF_ALLOCATOR=off       run as started (plain glibc, or whatever LD_PRELOAD the user set)
   LLMEMF_ALLOCATOR_ACTIVE    set by the re-execution under mimalloc: present = decided already
 A user's own LD_PRELOAD or GLIBC_TUNABLES is always respected (nothing is changed then).
@@ -28,11 +32,11 @@ from pathlib import Path
 
 SWITCH = "LLMEMF_ALLOCATOR"
 ACTIVE = "LLMEMF_ALLOCATOR_ACTIVE"
-CHOICES = ("glibc", "mimalloc", "off")
+CHOICES = ("mimalloc", "glibc", "off")
 # mimalloc: never return freed pages to the OS (purge_delay -1): a training loop reallocates the
 # same sizes every step, so returning them only to fault them in again is the cost to avoid.
 MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
-# glibc (the default): no mmap for large blocks (they come from the heap and stay there), no
+# glibc (opt-in): no mmap for large blocks (they come from the heap and stay there), no
 # trimming of the heap's top below 2 GiB of free memory, and one arena for all threads: a thread's
 # own arena is a heap of at most 64 MB, so its large blocks would still be mmapped
 # (benchmarks/bench_allocator.py --probe). GLIBC_TUNABLES is the same for a process started elsewhere.
@@ -52,18 +56,20 @@ def mimalloc_path() -> Path | None:
 
 
 def choose(environ: Mapping[str, str], lib: Path | None) -> str:
-    """What to do in this process: "mimalloc" (re-execute under it), "glibc" (tune in-process) or
-    "off". Pure: tested without exec."""
+    """What to do in this process: "mimalloc" (re-execute under it; the default, where the wheel is
+    installed), "glibc" (tune in-process; only when asked) or "off". Pure: tested without exec."""
     if ACTIVE in environ or sys.platform != "linux":
         return "off"
-    choice = environ.get(SWITCH, "glibc").strip().lower() or "glibc"
+    choice = environ.get(SWITCH, "mimalloc").strip().lower() or "mimalloc"
     if choice not in CHOICES:
         # Not a UserError: this runs before the CLI exists; an unknown value leaves the process as it is, loudly.
         print(f"warning: {SWITCH}={environ[SWITCH]!r} is not one of {', '.join(CHOICES)}; using 'off'", file=sys.stderr)
         return "off"
     if choice == "off" or environ.get("LD_PRELOAD") or environ.get("GLIBC_TUNABLES"):
         return "off"
-    return "mimalloc" if choice == "mimalloc" and lib is not None else "glibc"
+    if choice == "mimalloc":
+        return "mimalloc" if lib is not None else "off"
+    return choice
 
 
 def mimalloc_env(environ: Mapping[str, str], lib: Path) -> dict[str, str]:
@@ -98,8 +104,8 @@ def setup_allocator(argv: Sequence[str] | None = None) -> str:
             sys.stderr.flush()
             os.execve(sys.executable, list(sys.orig_argv if argv is None else argv), env)
         except OSError as e:  # the command still works, only slower
-            print(f"warning: could not restart under mimalloc ({e}); tuning glibc's malloc instead", file=sys.stderr)
-            what = "glibc"
+            print(f"warning: could not restart under mimalloc ({e}); running with the system's malloc", file=sys.stderr)
+            what = "off"
     if what == "glibc":
         # Not recorded in ACTIVE: a mallopt setting is not inherited, so a child process decides for itself.
         what = "glibc-mallopt" if tune_glibc_malloc() else "off"
