@@ -315,3 +315,48 @@ def test_candidate_scores_are_the_same_by_either_path(tiny_bundle, modalities):
         model.candidates_via_full = False
         gathered = model.scores(batch, 1, cand)
     torch.testing.assert_close(full, gathered, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_sequence_alone_ignores_the_domain_sequences(tiny_bundle):
+    """gamma_t = gamma_s = 0: a domain's scores read the merged sequence only, so they are unchanged by any
+    change of the X or Y sequence that leaves the merged one as it is."""
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "gamma_t": 0.0, "gamma_s": 0.0}, tiny_bundle).eval()
+    batch = _eval_batch(tiny_bundle)
+    altered = _eval_batch(tiny_bundle)
+    altered.x = torch.where(altered.x > 0, torch.full_like(altered.x, 5), altered.x)
+    altered.y = torch.where(altered.y > 0, torch.full_like(altered.y, 35), altered.y)
+    with torch.no_grad():
+        for dom in (0, 1):
+            torch.testing.assert_close(model.scores(batch, dom), model.scores(altered, dom))
+            assert not torch.allclose(model.scores(batch, dom), build_model("llmemf", {"d_id": 16}, tiny_bundle).eval().scores(altered, dom))
+    with pytest.raises(ValueError, match="gamma_t, gamma_s and gamma_xy are all 0"):
+        build_model("llmemf", {"gamma_t": 0.0, "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle)
+
+
+@pytest.mark.parametrize("modalities", [["id"], ["id", "img", "txt"]])
+def test_dot_score_is_the_raw_inner_product_of_id_vectors(tiny_bundle, modalities):
+    """score=dot: the ID logit is h . E_id[i] with neither vector normalised nor a temperature, frozen
+    modalities score h . (unit feature); every scoring path (full, candidates, sampled loss, fused key
+    matrix) agrees with it."""
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "modalities": modalities, "score": "dot", "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()
+    batch = _eval_batch(tiny_bundle)
+    lo, hi = model.domain_ranges[0]
+    with torch.no_grad():
+        h = model.encode(batch, last_only=True)  # m -> (3, B, d_m); gamma_s = gamma_xy = 0: the X sequence alone
+        expected = h["id"][0] @ model.item_id.weight[lo:hi].T
+        for m in modalities[1:]:
+            start, end = model.frozen_cols[m]
+            expected = expected + model.weights[m] * (model._augmented_query(m, h[m][0]) @ model.frozen_keys[lo:hi, start:end].T)
+        torch.testing.assert_close(model.scores(batch, 0), expected, rtol=1e-4, atol=1e-4)
+        cand = torch.randint(lo, hi, (batch.xy.shape[0], 5))
+        for via_full in (True, False):
+            model.candidates_via_full = via_full
+            torch.testing.assert_close(model.scores(batch, 0, cand), expected.gather(1, cand - lo), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.fused_query(batch, 0) @ model.fused_keys(0).T, expected, rtol=1e-4, atol=1e-4)
+        train_batch = next(tiny_bundle.train.iter_batches(64))
+        full = model.loss(train_batch)
+        model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)  # the sampled loss ~ the full one
+        sampled = model.loss(train_batch)
+    assert abs(sampled / full - 1) < 0.03, (float(sampled), float(full))

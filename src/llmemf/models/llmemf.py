@@ -53,11 +53,14 @@ class LLMEMFConfig:
     n_heads: int = 1
     dropout: float = 0.3
     tau: float = 0.1  # cosine temperature
+    score: str = "cosine"  # "cosine" (unit query and key / tau, the paper) | "dot" (raw inner product, SASRec's; an ablation)
     alpha: float = 0.3  # weight of the image scores
     beta: float = 0.1  # weight of the text scores
     fusion: str = "logits"  # "logits" (sum of scaled cosines) | "probabilities" (mixture of softmaxes)
     lambda_x: float = 1.0  # weight of L_X
     lambda_y: float = 1.0  # weight of L_Y
+    gamma_t: float = 1.0  # weight of the target-domain sequence at prediction time (the paper's 1; 0 for the ablations
+    #   that predict from the merged sequence alone: gamma_t = gamma_s = lambda_x = lambda_y = 0)
     gamma_s: float = 0.3  # weight of the source-domain sequence at prediction time
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
@@ -77,10 +80,11 @@ class LLMEMFConfig:
             self,
             "model.",
             positive=("d_id", "n_blocks", "n_heads", "tau"),
-            nonneg=("alpha", "beta", "lambda_x", "lambda_y", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
+            nonneg=("alpha", "beta", "lambda_x", "lambda_y", "gamma_t", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
             fraction=("dropout",),
             choices={
                 "fusion": ("logits", "probabilities"),
+                "score": ("cosine", "dot"),
                 "feature_dtype": ("float32", "bfloat16"),
                 "cold_id": COLD_ID_MODES,
                 "negative_sampler": NEGATIVE_SAMPLERS,
@@ -89,6 +93,8 @@ class LLMEMFConfig:
         )
         if "id" not in self.modalities or not set(self.modalities) <= set(MODALITIES):
             raise ConfigError(f"model.modalities={list(self.modalities)}: must include 'id' and be a subset of {list(MODALITIES)}")
+        if self.gamma_t == self.gamma_s == self.gamma_xy == 0:
+            raise ConfigError("model.gamma_t, gamma_s and gamma_xy are all 0: at least one sequence must predict")
 
 
 class LLMEMF(Recommender):
@@ -211,8 +217,12 @@ class LLMEMF(Recommender):
         return table
 
     def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
-        """Unit-length item vectors of modality m for ids (any shape) -> (..., d_m): the scoring keys."""
-        return F.normalize(self.item_vectors(m, ids), dim=-1)
+        """The scoring keys of modality m for ids (any shape) -> (..., d_m): unit-length item vectors, except
+        the ID vectors under ``score="dot"``, used as they are."""
+        return self._as_keys(m, self.item_vectors(m, ids))
+
+    def _as_keys(self, m: str, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors if m == "id" and self.config.score == "dot" else F.normalize(vectors, dim=-1)
 
     def _augmented_query(self, m: str, qm: torch.Tensor) -> torch.Tensor:
         """(n, d_m) -> (n, d_m + 1): the query and its score for the shared missing vector."""
@@ -233,9 +243,15 @@ class LLMEMF(Recommender):
         return out
 
     def _fused_queries(self, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Unit-normalised queries scaled by modality weight / tau: their dot product with unit keys is
-        the modality's weighted logit."""
+        """Queries whose dot product with ``unit_keys`` is the modality's weighted logit: unit-normalised and
+        scaled by modality weight / tau, or under ``score="dot"`` the states scaled by the weight alone."""
+        if self.config.score == "dot":
+            return {m: h.float() * self.weights[m] for m, h in states.items()}
         return {m: F.normalize(h.float(), dim=-1) * (self.weights[m] / self.config.tau) for m, h in states.items()}
+
+    def sequence_weights(self, domain: int) -> dict[int, float]:
+        """Prediction weight of each sequence (SEQUENCES order) for targets of ``domain``: T, S, XY."""
+        return {domain: self.config.gamma_t, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}
 
     def _domain_logits(self, q: dict[str, torch.Tensor], lo: int, hi: int, candidates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-modality weighted logits of queries q[m] (n, d_m) against items lo..hi-1 or candidates (n, C)."""
@@ -351,7 +367,7 @@ class LLMEMF(Recommender):
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         lo, hi = self.domain_ranges[domain]
         q = self._fused_queries(self.encode(batch, last_only=True))  # m -> (3, B, d_m)
-        seq_weight = {domain: 1.0, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}  # T, S, XY
+        seq_weight = self.sequence_weights(domain)
         if self.config.fusion == "logits":
             # Logit fusion is linear in the queries: fold the three sequences into one query.
             mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
@@ -406,7 +422,7 @@ class LLMEMF(Recommender):
 
     def fold_queries(self, q: dict[str, torch.Tensor], domain: int) -> torch.Tensor:
         """``sequence_queries`` -> the (B, D) ``fused_query`` of a target domain."""
-        seq_weight = {domain: 1.0, 1 - domain: self.config.gamma_s, 2: self.config.gamma_xy}  # T, S, XY
+        seq_weight = self.sequence_weights(domain)
         mixed = {m: sum(seq_weight[s] * qm[s] for s in range(3)) for m, qm in q.items()}
         return torch.cat([self._augmented_query(m, mixed[m]) for m in self.frozen_cols] + [mixed["id"]], dim=-1)
 
@@ -421,7 +437,7 @@ class LLMEMF(Recommender):
             self.set_cold_id(mode)  # raises the ValueError that names the problem
         lo, hi = self.domain_ranges[domain]
         table = self._content_imputed_ids() if mode == "content" else self.item_id.weight
-        ids = F.normalize(table[lo:hi].float(), dim=-1)  # (N_d, d_id)
+        ids = self._as_keys("id", table[lo:hi].float())  # (N_d, d_id)
         warm = self.warm[lo:hi]
         if mode == "neutral" and warm.any() and not warm.all():
             ids = torch.where(warm[:, None], ids, ids[warm].mean(0))
