@@ -10,7 +10,7 @@ import torch
 
 from llmemf.data.batching import Batch
 from llmemf.evaluation.metrics import ranking_metrics
-from llmemf.evaluation.protocols import Evaluator, rank_full, rank_sampled, sample_negatives
+from llmemf.evaluation.protocols import Evaluator, _by_length, rank_full, rank_sampled, sample_negatives
 from llmemf.models.base import Recommender
 
 
@@ -148,6 +148,9 @@ def test_evaluating_protocols_together_ranks_every_user_as_before(tiny_bundle, t
         "ties, own candidate path": TiedModel(None, tiny_bundle, columns=False),
     }
     evs = [Evaluator(tiny_bundle, "test", p, n_negatives=30, ties=ties, batch_size=7) for p in ("full", "c2dsr")]
+    # users are batched by history length, so ranks must be put back in row order: the data makes that a real permutation
+    data = tiny_bundle.splits["test"]
+    assert any((_by_length(data, rows) != np.arange(len(rows))).any() for rows in evs[0].rows_by_domain.values())
     n_batches = sum(-(-len(rows) // 7) for rows in evs[0].rows_by_domain.values())
     for label, model in models.items():
         assert model.candidate_scores_are_full_columns(31, 0) is (label != "ties, own candidate path"), label

@@ -14,7 +14,8 @@ vanishingly rare and the three coincide; with Pop (many items of equal count) th
 Cost. ``evaluate_together`` runs several protocols of one split in one pass over its users: each
 batch is encoded and scored over its whole target domain once, and where the model's candidate
 scores are columns of those scores anyway (``Recommender.candidate_scores_are_full_columns``), the
-c2dsr protocol picks its candidates' columns instead of scoring again. A rank is one comparison
+c2dsr protocol picks its candidates' columns instead of scoring again. Users are batched in order of
+history length (ranks come back in the split's row order). A rank is one comparison
 pass over a row per count its ties policy needs (pessimistic and strict: one; average: two).
 """
 
@@ -134,6 +135,13 @@ class Evaluator:
         return EvalResult(result.protocol, result.split, metrics, counts, result.seconds, ranks)
 
 
+def _by_length(data, rows: np.ndarray) -> np.ndarray:
+    """The order (indices into ``rows``) that sorts them by merged-history length, stably. Batches of
+    similar lengths are trimmed to short widths (``SplitTensors.batch``), so the encoders skip most of
+    the left padding that row order would give every batch; ranks are put back in row order after."""
+    return np.argsort(data.xy_len[rows], kind="stable")
+
+
 def _has_nan(scores: torch.Tensor) -> bool:
     # A row's max is NaN iff the row holds one: a reduction, cheaper than a (B, N) mask.
     return bool(torch.isnan(scores.amax(1)).any())
@@ -161,9 +169,11 @@ def evaluate_together(
     any_full = any(ev.protocol == "full" for ev in evaluators)
     columns_of = getattr(model, "candidate_scores_are_full_columns", lambda n, d: False)
     mine: list[dict[int, list[tuple[int, np.ndarray]]]] = [{d: [] for d in first.rows_by_domain} for _ in evaluators]
+    order = {d: _by_length(data, rows) for d, rows in first.rows_by_domain.items()}
     for d, rows in first.rows_by_domain.items():
         name = bundle.dataset.domain_names[d]
         lo, _ = bundle.domain_range(d)
+        rows = rows[order[d]]
         for k, i in enumerate(range(0, len(rows), first.batch_size)):
             if k % world.size != world.rank:
                 continue
@@ -176,7 +186,7 @@ def evaluate_together(
                     if ev.protocol == "full":
                         r = rank_full(full, batch.target - lo, ev.ties)
                     else:
-                        cand = torch.from_numpy(ev.candidates[d][i : i + first.batch_size]).to(device)
+                        cand = torch.from_numpy(ev.candidates[d][order[d][i : i + first.batch_size]]).to(device)
                         if full is not None and columns_of(cand.shape[1], d):
                             scores = full.gather(1, cand - lo)
                         else:
@@ -193,7 +203,9 @@ def evaluate_together(
         for d in ev.rows_by_domain:
             name = bundle.dataset.domain_names[d]
             ranks = [r for _, r in sorted((kr for part in gathered for kr in part[e][d]), key=lambda kr: kr[0])]
-            all_ranks[name] = np.concatenate(ranks) if ranks else np.zeros(0)
+            in_order = np.zeros(len(order[d]))  # back from length order to the split's row order
+            in_order[order[d]] = np.concatenate(ranks) if ranks else np.zeros(0)
+            all_ranks[name] = in_order
             metrics[name] = ranking_metrics(all_ranks[name])
             counts[name] = len(all_ranks[name])
         results.append(EvalResult(ev.protocol, ev.split, metrics, counts, seconds, all_ranks))
