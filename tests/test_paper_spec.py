@@ -144,3 +144,23 @@ def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):
         app, ["compare", "--spec", str(spec), "--estimate-only", "rows=[{label: x, model: sasrec, config: nosuch}]", "strongest=[]"]
     )
     assert bad.exit_code == 2 and "no configs/models/nosuch.yaml" in bad.output
+
+
+def test_variants_of_one_model_are_compared_with_the_first_row(tiny_dataset, tmp_path, monkeypatch):
+    """A spec of LLM-EMF variants only (experiments/sampled_softmax_food_kitchen.yaml's shape) has no baseline
+    to beat: the report pairs every row with the first instead."""
+    path = tmp_path / "variants.yaml"
+    path.write_text(
+        f"scenario: variants\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'vruns'}\nepochs: 1\npatience: 1\n"
+        "overrides: [train.progress=false, eval.n_negatives=30, model.d_id=16]\nseeds: [1]\nrows:\n"
+        "  - {label: full, model: llmemf}\n"
+        "  - {label: sampled, model: llmemf, overrides: [model.train_negatives=8]}\n"
+    )
+    _invoke("compare", "--spec", path, "train.threads=1")
+    monkeypatch.chdir(tmp_path)
+    _invoke("report", "--spec", path, "--collect", "--results", "results", "--doc", "docs/variants.md")
+    doc = (tmp_path / "docs" / "variants.md").read_text()
+    assert "Paired comparison, full protocol: each row against the first, full;" in doc
+    table = (tmp_path / "results" / "variants" / "tables" / "significance_c2dsr.csv").read_text().splitlines()
+    assert table[0].startswith("domain,row,its MRR,full MRR,difference %,Wilcoxon p")
+    assert [r.split(",")[:2] for r in table[1:]] == [["X", "sampled"], ["Y", "sampled"]]
