@@ -145,16 +145,27 @@ def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str
             break
         mrr = {k: float(np.mean([c.results[r]["test"][protocol]["metrics"][d]["MRR"] for r in v])) for k, v in baselines.items()}
         best = max(mrr, key=mrr.get)
-        a, b = _mean_rr(c, rows[ours], protocol, d), _mean_rr(c, baselines[best], protocol, d)
-        if a is None or b is None:
+        cells = _paired_cells(c, (ours, rows[ours]), (best, baselines[best]), protocol, d)
+        if cells is None:
             out.append([d, "", best, 100 * mrr[best], "", "no ranks.npz", "", ""])
             continue
-        if a[0] != b[0]:
-            raise UserError(f"{c.root}: {ours} and {best} ranked different test users")
-        pc = paired_comparison(1.0 / a[1], 1.0 / b[1])
-        ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"
-        out.append([d, 100 * pc.mrr_a, best, 100 * pc.mrr_b, 100 * pc.relative_gain, f"{pc.wilcoxon_p:.2g}", ci, str(pc.n_users)])
+        mrr_ours, mrr_best, *rest = cells
+        out.append([d, mrr_ours, best, mrr_best, *rest])
     return header, out
+
+
+def _paired_cells(c: Collected, a: tuple[str, list[str]], b: tuple[str, list[str]], protocol: str, domain: str) -> list | None:
+    """[MRR a, MRR b, relative gain % of a over b, Wilcoxon p, bootstrap CI, users] of rows a and b
+    (label, runs) on one domain, from their per-user reciprocal ranks averaged over seeds; None
+    where a run has no ranks.npz."""
+    ra, rb = _mean_rr(c, a[1], protocol, domain), _mean_rr(c, b[1], protocol, domain)
+    if ra is None or rb is None:
+        return None
+    if ra[0] != rb[0]:
+        raise UserError(f"{c.root}: {a[0]} and {b[0]} ranked different test users")
+    pc = paired_comparison(1.0 / ra[1], 1.0 / rb[1])
+    ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"
+    return [100 * pc.mrr_a, 100 * pc.mrr_b, 100 * pc.relative_gain, f"{pc.wilcoxon_p:.2g}", ci, str(pc.n_users)]
 
 
 def against_reference_table(c: Collected, protocol: str, reference: str) -> tuple[list[str], list[list]]:
@@ -170,15 +181,8 @@ def against_reference_table(c: Collected, protocol: str, reference: str) -> tupl
         if label == reference:
             continue
         for d in domains:
-            a, b = _mean_rr(c, runs, protocol, d), _mean_rr(c, rows[reference], protocol, d)
-            if a is None or b is None:
-                out.append([d, label, "", "", "", "no ranks.npz", "", ""])
-                continue
-            if a[0] != b[0]:
-                raise UserError(f"{c.root}: {label} and {reference} ranked different test users")
-            pc = paired_comparison(1.0 / a[1], 1.0 / b[1])
-            ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"
-            out.append([d, label, 100 * pc.mrr_a, 100 * pc.mrr_b, 100 * pc.relative_gain, f"{pc.wilcoxon_p:.2g}", ci, str(pc.n_users)])
+            cells = _paired_cells(c, (label, runs), (reference, rows[reference]), protocol, d)
+            out.append([d, label, *(cells or ["", "", "", "no ranks.npz", "", ""])])
     return header, out
 
 
