@@ -85,4 +85,4 @@ def test_glibc_tuned_in_process_without_restart():
 def test_reexec_mimalloc_real_process_loads_it():
     # One restart: 'start' printed by the first and by the re-executed process, which decides nothing more.
     assert runtime.mimalloc_path() is not None, "cmeel-mimalloc (a dependency on Linux) is not installed"
-    assert _probe() == ["start", "start", "off", "mimalloc True ['a', 'b c']"]
+    assert _probe() == ["start", "start", "mimalloc", "mimalloc True ['a', 'b c']"]

@@ -96,6 +96,8 @@ def tune_glibc_malloc() -> bool:
 def setup_allocator(argv: Sequence[str] | None = None) -> str:
     """Choose the allocator for this process (see the module docstring): re-executes under mimalloc
     (never returns then), or tunes glibc in-process. Returns what was done. Call it first thing."""
+    if os.environ.get(ACTIVE):  # the re-executed process: report what its parent chose
+        return os.environ[ACTIVE]
     what = choose(os.environ, mimalloc_path())
     if what == "mimalloc":
         env = mimalloc_env(os.environ, mimalloc_path())
