@@ -100,7 +100,6 @@ def run_setting(setting: str, args, overrides: list[str]) -> dict:
         "max": max((r for _, r in samples), default=0.0),
         "growth": growth,
         "steps": steps_done(log),
-        "seconds": samples[-1][0] if samples else 0.0,
         "user": after.ru_utime - before.ru_utime,
         "sys": after.ru_stime - before.ru_stime,
         "note": stopped,

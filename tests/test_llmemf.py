@@ -84,7 +84,7 @@ def test_probability_fusion_is_a_mixture_of_softmaxes(tiny_bundle):
     probs = 0
     for m, w in (("id", 1.0), ("img", c.alpha), ("txt", c.beta)):
         h = torch.nn.functional.normalize(states[m][1], dim=-1)  # sequence Y, the target domain
-        logits = h @ model.unit_keys(m, slice(lo, hi)).T / config.tau
+        logits = h @ model.scoring_keys(m, slice(lo, hi)).T / config.tau
         probs = probs + w * torch.softmax(logits, -1)
     expected = torch.log(probs / (1 + c.alpha + c.beta))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -182,7 +182,7 @@ class LLMEMF(Recommender):
 
     def item_vectors(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
         """Encoder inputs (..., d_m) for ids: the ID row, or the frozen unit feature, or (absent) the learned
-        missing vector as it is (its direction is what scoring uses; see unit_keys)."""
+        missing vector as it is (its direction is what scoring uses; see scoring_keys)."""
         if m == "id":
             if self.config.cold_id == "content" and not self.training:
                 return self._content_imputed_ids()[ids]
@@ -216,7 +216,7 @@ class LLMEMF(Recommender):
         self._imputed = (key, table)
         return table
 
-    def unit_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
+    def scoring_keys(self, m: str, ids: torch.Tensor | slice) -> torch.Tensor:
         """The scoring keys of modality m for ids (any shape) -> (..., d_m): unit-length item vectors, except
         the ID vectors under ``score="dot"``, used as they are."""
         return self._as_keys(m, self.item_vectors(m, ids))
@@ -243,7 +243,7 @@ class LLMEMF(Recommender):
         return out
 
     def _fused_queries(self, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Queries whose dot product with ``unit_keys`` is the modality's weighted logit: unit-normalised and
+        """Queries whose dot product with ``scoring_keys`` is the modality's weighted logit: unit-normalised and
         scaled by modality weight / tau, or under ``score="dot"`` the states scaled by the weight alone."""
         if self.config.score == "dot":
             return {m: h.float() * self.weights[m] for m, h in states.items()}
@@ -262,16 +262,16 @@ class LLMEMF(Recommender):
                 keys = self.frozen_keys[lo:hi, start:end]  # (N_d, d_m + 1), no grad
                 out[m] = (self._augmented_query(m, qm).to(keys.dtype) @ keys.T).float()
             elif candidates is None:
-                out[m] = qm @ self.unit_keys(m, slice(lo, hi)).T
+                out[m] = qm @ self.scoring_keys(m, slice(lo, hi)).T
             else:
-                keys = self.unit_keys(m, candidates)  # (n, C, d_m)
+                keys = self.scoring_keys(m, candidates)  # (n, C, d_m)
                 out[m] = torch.einsum("nd,ncd->nc", qm, keys)
         return out
 
     def _fused_logits(self, q: dict[str, torch.Tensor], lo: int, hi: int) -> torch.Tensor:
         """(n, N_d) logit-fusion scores over items lo..hi-1: one matmul for all frozen modalities (keys
         need no gradient) plus an addmm for the ID modality, with no (n, N_d) temporaries to add up."""
-        id_keys = self.unit_keys("id", slice(lo, hi))  # (N_d, d_id)
+        id_keys = self.scoring_keys("id", slice(lo, hi))  # (N_d, d_id)
         frozen = [m for m in q if m != "id"]
         if not frozen:
             return q["id"] @ id_keys.T
@@ -358,9 +358,9 @@ class LLMEMF(Recommender):
         if self.config.fusion != "logits":
             raise ValueError("train_negatives > 0 needs fusion='logits'")
         neg, bias = self._negatives(t, lo, hi)
-        pos = sum((qm * self.unit_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
+        pos = sum((qm * self.scoring_keys(m, t)).sum(-1) for m, qm in q.items())  # (n,)
         # Logit fusion is a sum of dot products: one dot product of the concatenated queries and keys.
-        keys = torch.cat([self.unit_keys(m, neg) for m in q], dim=-1)  # (K, sum d_m)
+        keys = torch.cat([self.scoring_keys(m, neg) for m in q], dim=-1)  # (K, sum d_m)
         return sampled_softmax_nll(torch.cat(list(q.values()), dim=-1), pos, keys, bias, neg, t)
 
     # ---- prediction ----------------------------------------------------------------------------

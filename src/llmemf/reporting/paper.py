@@ -243,24 +243,19 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         header, rows = main_table(c, protocol, reused)
         _write(tables, f"main_{protocol}", header, rows)
         parts += ["", f"### Tables 2-3 layout, {protocol} protocol", "", to_markdown(header, rows)]
-        header, rows = significance_table(c, protocol, ours)
-        if not any(c.results[v[0]]["model"] != "llmemf" for v in c.main_rows().values()):
+        if any(c.results[v[0]]["model"] != "llmemf" for v in c.main_rows().values()):
+            header, rows = significance_table(c, protocol, ours)
+            pairs = f"{ours} against the baseline with the best mean test MRR per domain"
+            title = "Paired significance"
+        else:  # variants of one model: every row against the first
             header, rows = against_reference_table(c, protocol, next(iter(c.main_rows()), ""))
-            if rows:
-                _write(tables, f"significance_{protocol}", header, rows)
-                parts += [
-                    "",
-                    f"Paired comparison, {protocol} protocol: each row against the first, {header[3].removesuffix(' MRR')}; "
-                    "per-user reciprocal ranks averaged over each row's seeds, same users and negatives "
-                    "(Wilcoxon signed-rank, two-sided; paired bootstrap over users, 2000 resamples).",
-                    "",
-                    to_markdown(header, rows),
-                ]
-        elif rows:
+            pairs = f"each row against the first, {header[3].removesuffix(' MRR')}" if rows else ""
+            title = "Paired comparison"
+        if rows:
             _write(tables, f"significance_{protocol}", header, rows)
             parts += [
                 "",
-                f"Paired significance, {protocol} protocol: {ours} against the baseline with the best mean test MRR per domain; "
+                f"{title}, {protocol} protocol: {pairs}; "
                 "per-user reciprocal ranks averaged over each row's seeds, same users and negatives "
                 "(Wilcoxon signed-rank, two-sided; paired bootstrap over users, 2000 resamples).",
                 "",
