@@ -1,7 +1,7 @@
 """LLM-EMF training cost (issue 15, item 7): seconds per epoch, FLOP/s, CPU user/sys and memory, one run.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_llmemf.py DATASET_DIR [--steps 6] [--threads 2]
-        [--official-c2dsr CHECKOUT] [--only llmemf,sasrec,official] [--negatives 4096]
+        [--official-c2dsr CHECKOUT] [--only llmemf,sasrec,official] [--negatives 4096] [--frozen-width 128]
 
 Every variant runs in its own child process (so that its peak RSS and CPU times are its own) and
 times --steps training steps after 2 warm-up steps on length-bucketed batches of 256 spread over
@@ -10,7 +10,8 @@ median seconds per step, the epoch estimate (median x batches per epoch), GFLOP 
 GFLOP/s and its share of the matmul peak of the same dtype measured first in this run, user and
 sys CPU seconds of the timed steps (getrusage) with sys's share, and the child's peak RSS.
 
-Variants: LLM-EMF with every modality (full softmax and sampled, fp32 and bf16), LLM-EMF ID only
+Variants: LLM-EMF with every modality (full softmax and sampled, fp32 and bf16; with --frozen-width
+W also both in bf16 with the frozen features projected to W principal components), LLM-EMF ID only
 (bf16), SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of
 cjx96/C2DSR holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where
 ``Tensor.cuda`` is made a no-op at run time and the dataset is written to a temporary directory in
@@ -19,7 +20,7 @@ its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edi
 If the dataset has no ``img`` / ``txt_llm`` features, random 512-d unit features stand in for the
 speed measurement only, in a temporary copy of the dataset (stated in the output).
 
-The process sets up the allocator as the ``llmemf`` command does (llmemf.runtime, default: tuned glibc;
+The process sets up the allocator as the ``llmemf`` command does (llmemf.runtime, default: mimalloc;
 LLMEMF_ALLOCATOR=off for plain glibc); so does each child.
 """
 
@@ -152,7 +153,7 @@ def child_official(checkout: Path, dataset: Path, steps: int) -> dict:
     return out
 
 
-def variants(negatives: int) -> list[dict]:
+def variants(negatives: int, frozen_width: int) -> list[dict]:
     out = []
     for bf16 in (False, True):
         out.append({"label": "sasrec d=256", "model": "sasrec", "params": {"hidden": 256}, "bf16": bf16, "group": "sasrec"})
@@ -161,6 +162,10 @@ def variants(negatives: int) -> list[dict]:
         out.append({"label": "llmemf all, full", "model": "llmemf", "params": {}, "bf16": bf16, "group": "llmemf"})
         sampled = {"train_negatives": negatives}
         out.append({"label": f"llmemf all, sampled {negatives}", "model": "llmemf", "params": sampled, "bf16": bf16, "group": "llmemf"})
+    if frozen_width:
+        for label, params in (("full", {}), (f"sampled {negatives}", {"train_negatives": negatives})):
+            params = {**params, "frozen_width": frozen_width}
+            out.append({"label": f"llmemf all/{frozen_width}, {label}", "model": "llmemf", "params": params, "bf16": True, "group": "llmemf"})
     return out
 
 
@@ -171,6 +176,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warm-up steps and 1 FLOP-counted step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--negatives", type=int, default=4096, help="K of the sampled variants")
+    ap.add_argument("--frozen-width", type=int, default=0, help="also time LLM-EMF with frozen features projected to this width")
     ap.add_argument("--official-c2dsr", type=Path, help="checkout of cjx96/C2DSR (the directory holding C2DSR_src/)")
     ap.add_argument("--only", default="sasrec,llmemf,official", help="comma-separated groups to run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -197,10 +203,10 @@ def main() -> None:
     peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
     print(f"threads {args.threads}; allocator {allocator}; load average {os.getloadavg()[0]:.1f} (a shared machine: read ratios within this run)")
     print(f"matmul peak measured now: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s\n")
-    todo = [v for v in variants(args.negatives) if v["group"] in groups]
+    todo = [v for v in variants(args.negatives, args.frozen_width) if v["group"] in groups]
     if args.official_c2dsr and "official" in groups:
         todo.insert(0, {"label": "official C2DSR code", "model": "official", "checkout": str(args.official_c2dsr.resolve()), "bf16": False})
-    header = f"| {'variant':26s} | dtype | s/step | CPU s/step | s/epoch est | GFLOP/step | GFLOP/s | % peak | user s | sys s | sys % | RSS MiB |"
+    header = f"| {'variant':30s} | dtype | s/step | CPU s/step | s/epoch est | GFLOP/step | GFLOP/s | % peak | user s | sys s | sys % | RSS MiB |"
     print(header + "\n|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     results = []
     for v in todo:
@@ -209,7 +215,7 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
-            print(f"| {v['label']:26s} | FAILED rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]} |", flush=True)
+            print(f"| {v['label']:30s} | FAILED rc={proc.returncode}: {proc.stderr.strip().splitlines()[-1:]} |", flush=True)
             continue
         r = json.loads(line[0][7:])
         dtype = "bf16" if v["bf16"] else "fp32"
@@ -219,7 +225,7 @@ def main() -> None:
         epoch = r["step_s"] * r["n_batches"]
         results.append((v["label"], dtype, epoch))
         print(
-            f"| {v['label']:26s} | {dtype:5s} | {r['step_s']:6.2f} | {r['cpu_step_s']:10.2f} | {epoch:11.1f} | {r['flops'] / 1e9:10.1f} "
+            f"| {v['label']:30s} | {dtype:5s} | {r['step_s']:6.2f} | {r['cpu_step_s']:10.2f} | {epoch:11.1f} | {r['flops'] / 1e9:10.1f} "
             f"| {rate:7.0f} "
             f"| {100 * rate / peak:5.0f}% | {r['user_s']:6.1f} | {r['sys_s']:5.1f} | {100 * share:4.0f}% | {r['rss_mib']:7.0f} |",
             flush=True,

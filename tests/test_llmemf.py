@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -360,3 +361,41 @@ def test_dot_score_is_the_raw_inner_product_of_id_vectors(tiny_bundle, modalitie
         model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)  # the sampled loss ~ the full one
         sampled = model.loss(train_batch)
     assert abs(sampled / full - 1) < 0.03, (float(sampled), float(full))
+
+
+def test_principal_components_keep_cosines_of_features_in_a_low_dimensional_subspace():
+    """Unit rows that lie in a 3-d subspace of 16-d space keep their centred geometry when projected
+    onto 3 components; absent rows stay zero; the result is unit and the same on every call."""
+    from llmemf.features.store import Feature, FeatureManifest, principal_components
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(16, 3)))[0]
+    values = (rng.normal(size=(40, 3)) + [2.0, 0.0, 0.0]) @ basis.T  # off-centre, so centring matters
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    mask = np.ones(40, bool)
+    mask[[3, 7]] = False
+    values[~mask] = 0
+    feature = Feature(FeatureManifest("img", "test", "w", 16, 40, "float32"), values, mask)
+    reduced = principal_components(feature, 3)
+    assert reduced.values.shape == (40, 3) and reduced.manifest.dim == 3 and reduced.manifest.notes["pca_from"] == 16
+    assert not reduced.values[~mask].any()
+    np.testing.assert_allclose(np.linalg.norm(reduced.values[mask], axis=1), 1, rtol=1e-5)
+    centred = values[mask] - values[mask].mean(0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(reduced.values[mask] @ reduced.values[mask].T, centred @ centred.T, atol=1e-5)
+    np.testing.assert_array_equal(principal_components(feature, 3).values, reduced.values)
+    assert principal_components(feature, 16) is feature
+
+
+def test_frozen_width_narrows_the_frozen_encoders_and_keys(tiny_bundle):
+    torch.manual_seed(0)
+    model = build_model("llmemf", {"d_id": 16, "frozen_width": 4}, tiny_bundle)
+    assert model.widths == {"id": 16, "img": 4, "txt": 4}
+    assert model.frozen_keys.shape[1] == 2 * (4 + 1)
+    assert "PCA 16 -> 4" in model.describe_features()
+    loss = model.loss(next(tiny_bundle.train.iter_batches(32)))
+    loss.backward()
+    assert torch.isfinite(loss) and model.missing["img"].grad is not None
+    model.eval()
+    scores = model.scores(_eval_batch(tiny_bundle), domain=0)
+    assert torch.isfinite(scores).all()

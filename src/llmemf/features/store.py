@@ -158,3 +158,29 @@ def load_feature(dataset_root: str | Path, name: str, n_items: int | None = None
 def list_features(dataset_root: str | Path) -> list[str]:
     root = feature_dir(dataset_root)
     return sorted(p.stem for p in root.glob("*.json")) if root.exists() else []
+
+
+def principal_components(feature: Feature, width: int) -> Feature:
+    """The feature's unit rows projected onto their top ``width`` principal components (centred on the
+    present rows' mean) and made unit again; absent rows stay zero. A feature already that narrow is
+    returned as it is. Deterministic: float64 eigendecomposition of the covariance, each component's
+    sign fixed so that its largest-magnitude loading is positive, so a model rebuilt from the same
+    feature (identity-checked by hash) gets the same projection."""
+    dim = feature.manifest.dim
+    if width >= dim:
+        return feature
+    values = np.asarray(feature.values, dtype=np.float64)
+    present = values[feature.mask]
+    present /= np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
+    if len(present) < 2:
+        raise FeatureError(f"feature {feature.manifest.name!r}: {len(present)} item(s) have it, too few for a {width}-d projection")
+    centred = present - present.mean(0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    basis = vectors[:, ::-1][:, :width]  # (dim, width), largest variance first
+    basis *= np.sign(basis[np.abs(basis).argmax(0), np.arange(width)])
+    projected = centred @ basis
+    projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+    out = np.zeros((len(values), width), dtype=np.float32)
+    out[feature.mask] = projected
+    manifest = FeatureManifest(**{**asdict(feature.manifest), "dim": width, "dtype": "float32", "notes": {**feature.manifest.notes, "pca_from": dim}})
+    return Feature(manifest, out, feature.mask)

@@ -33,7 +33,7 @@ from torch import nn
 
 from llmemf.config import ConfigError, check_fields
 from llmemf.data.batching import Batch, DataBundle
-from llmemf.features.store import load_feature
+from llmemf.features.store import load_feature, principal_components
 from llmemf.models.base import Recommender
 from llmemf.models.layers import StackedSequenceEncoder, sampled_softmax_nll
 
@@ -64,6 +64,8 @@ class LLMEMFConfig:
     gamma_s: float = 0.3  # weight of the source-domain sequence at prediction time
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
+    frozen_width: int = 0  # 0 = each frozen feature at its own width (the paper); k > 0 = each projected first onto
+    #   its top-k principal components (features.store.principal_components), so its encoders and keys are k wide
     train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax (negative_sampler), shared by the batch
     negative_sampler: str = "uniform"  # with train_negatives > 0: "uniform" (K draws over the domain) | "popularity"
     #   (K draws with probability proportional to 1 + the item's count in training sequences) | "in_batch" (the
@@ -80,7 +82,7 @@ class LLMEMFConfig:
             self,
             "model.",
             positive=("d_id", "n_blocks", "n_heads", "tau"),
-            nonneg=("alpha", "beta", "lambda_x", "lambda_y", "gamma_t", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
+            nonneg=("frozen_width", "alpha", "beta", "lambda_x", "lambda_y", "gamma_t", "gamma_s", "gamma_xy", "train_negatives", "cold_ridge"),
             fraction=("dropout",),
             choices={
                 "fusion": ("logits", "probabilities"),
@@ -128,6 +130,8 @@ class LLMEMF(Recommender):
             if root is None:
                 raise ValueError("LLM-EMF with image/text features needs a dataset loaded from a directory")
             feat = load_feature(root, name, n_items=n)
+            if config.frozen_width:
+                feat = principal_components(feat, config.frozen_width)
             mask = torch.zeros(n + 1, dtype=torch.bool)
             mask[:n] = torch.from_numpy(feat.mask)
             values = torch.zeros(n + 1, feat.manifest.dim)
@@ -142,7 +146,8 @@ class LLMEMF(Recommender):
             self.register_buffer(f"{m}_mask", mask, persistent=False)  # (N+1,) has the feature
             self.missing[m] = nn.Parameter(torch.randn(feat.manifest.dim) * 0.02)
             widths[m] = feat.manifest.dim
-            self.feature_info[m] = f"{name}: {feat.manifest.encoder} ({feat.manifest.n_present}/{n} items)"
+            pca = f", PCA {feat.manifest.notes['pca_from']} -> {feat.manifest.dim}" if "pca_from" in feat.manifest.notes else ""
+            self.feature_info[m] = f"{name}: {feat.manifest.encoder}{pca} ({feat.manifest.n_present}/{n} items)"
         dtype = getattr(torch, config.feature_dtype)
         self.register_buffer(
             "frozen_keys", torch.cat(frozen_parts, dim=1).to(dtype) if frozen_parts else torch.zeros(n + 1, 0, dtype=dtype), persistent=False
