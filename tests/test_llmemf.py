@@ -363,10 +363,10 @@ def test_dot_score_is_the_raw_inner_product_of_id_vectors(tiny_bundle, modalitie
     assert abs(sampled / full - 1) < 0.03, (float(sampled), float(full))
 
 
-def test_principal_components_keep_cosines_of_features_in_a_low_dimensional_subspace():
+def test_principal_axes_keep_cosines_of_features_in_a_low_dimensional_subspace():
     """Unit rows that lie in a 3-d subspace of 16-d space keep their centred geometry when projected
-    onto 3 components; absent rows stay zero; the result is unit and the same on every call."""
-    from llmemf.features.store import Feature, FeatureManifest, principal_components
+    onto 3 principal axes; absent rows stay zero; the result is unit and the same on every call."""
+    from llmemf.features.store import Feature, FeatureManifest, principal_axes, project
 
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(16, 3)))[0]
@@ -376,15 +376,15 @@ def test_principal_components_keep_cosines_of_features_in_a_low_dimensional_subs
     mask[[3, 7]] = False
     values[~mask] = 0
     feature = Feature(FeatureManifest("img", "test", "w", 16, 40, "float32"), values, mask)
-    reduced = principal_components(feature, 3)
-    assert reduced.values.shape == (40, 3) and reduced.manifest.dim == 3 and reduced.manifest.notes["pca_from"] == 16
+    reduced = project(feature, *principal_axes(feature, 3))
+    assert reduced.values.shape == (40, 3) and reduced.manifest.dim == 3 and reduced.manifest.notes["projected_from"] == 16
     assert not reduced.values[~mask].any()
     np.testing.assert_allclose(np.linalg.norm(reduced.values[mask], axis=1), 1, rtol=1e-5)
     centred = values[mask] - values[mask].mean(0)
     centred /= np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(reduced.values[mask] @ reduced.values[mask].T, centred @ centred.T, atol=1e-5)
-    np.testing.assert_array_equal(principal_components(feature, 3).values, reduced.values)
-    assert principal_components(feature, 16) is feature
+    for a, b in zip(principal_axes(feature, 3), principal_axes(feature, 3), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_frozen_width_narrows_the_frozen_encoders_and_keys(tiny_bundle):
@@ -397,5 +397,22 @@ def test_frozen_width_narrows_the_frozen_encoders_and_keys(tiny_bundle):
     loss.backward()
     assert torch.isfinite(loss) and model.missing["img"].grad is not None
     model.eval()
-    scores = model.scores(_eval_batch(tiny_bundle), domain=0)
-    assert torch.isfinite(scores).all()
+    assert torch.isfinite(model.scores(_eval_batch(tiny_bundle), domain=0)).all()
+
+
+def test_a_loaded_projection_rebuilds_the_frozen_keys_it_was_trained_with(tiny_bundle):
+    """A checkpoint whose stored projection differs from the one this machine computes (e.g. axes of nearly
+    equal variance rotated) scores with the stored one: the same scores as the model that saved it."""
+    torch.manual_seed(0)
+    trained = build_model("llmemf", {"d_id": 16, "frozen_width": 4}, tiny_bundle)
+    axes = trained.img_projection[1:]
+    trained.img_projection[1:] = torch.stack([axes[1], -axes[0], *axes[2:]])  # other axes
+    trained._reproject_after_load(None)
+    batch = _eval_batch(tiny_bundle)
+    trained.eval()
+    expected = trained.scores(batch, domain=1)
+    fresh = build_model("llmemf", {"d_id": 16, "frozen_width": 4}, tiny_bundle).eval()
+    assert not torch.allclose(fresh.frozen_keys, trained.frozen_keys)
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh.frozen_keys, trained.frozen_keys)
+    torch.testing.assert_close(fresh.scores(batch, domain=1), expected)

@@ -160,27 +160,33 @@ def list_features(dataset_root: str | Path) -> list[str]:
     return sorted(p.stem for p in root.glob("*.json")) if root.exists() else []
 
 
-def principal_components(feature: Feature, width: int) -> Feature:
-    """The feature's unit rows projected onto their top ``width`` principal components (centred on the
-    present rows' mean) and made unit again; absent rows stay zero. A feature already that narrow is
-    returned as it is. Deterministic: float64 eigendecomposition of the covariance, each component's
-    sign fixed so that its largest-magnitude loading is positive, so a model rebuilt from the same
-    feature (identity-checked by hash) gets the same projection."""
-    dim = feature.manifest.dim
-    if width >= dim:
-        return feature
-    values = np.asarray(feature.values, dtype=np.float64)
-    present = values[feature.mask]
+def principal_axes(feature: Feature, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (dim,) and top ``width`` principal axes (dim, width) of the feature's present rows, made
+    unit first. Deterministic: float64 eigendecomposition of the covariance, each axis's sign fixed so
+    that its largest-magnitude loading is positive."""
+    present = np.asarray(feature.values[feature.mask], dtype=np.float64)
+    if len(present) < 2 or not 0 < width < feature.manifest.dim:
+        raise FeatureError(
+            f"feature {feature.manifest.name!r}: {len(present)} item(s) of width {feature.manifest.dim} have no {width}-d principal axes"
+        )
     present /= np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
-    if len(present) < 2:
-        raise FeatureError(f"feature {feature.manifest.name!r}: {len(present)} item(s) have it, too few for a {width}-d projection")
-    centred = present - present.mean(0)
+    mean = present.mean(0)
+    centred = present - mean
     _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-    basis = vectors[:, ::-1][:, :width]  # (dim, width), largest variance first
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :width])  # largest variance first
     basis *= np.sign(basis[np.abs(basis).argmax(0), np.arange(width)])
-    projected = centred @ basis
+    return mean, basis
+
+
+def project(feature: Feature, mean: np.ndarray, basis: np.ndarray) -> Feature:
+    """The feature's present rows, made unit, centred on ``mean``, projected onto ``basis`` (dim, k) and
+    made unit again; absent rows stay zero. The manifest notes the original width."""
+    present = np.asarray(feature.values[feature.mask], dtype=np.float64)
+    present /= np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
+    projected = (present - mean) @ basis
     projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-    out = np.zeros((len(values), width), dtype=np.float32)
+    out = np.zeros((len(feature.values), basis.shape[1]), dtype=np.float32)
     out[feature.mask] = projected
-    manifest = FeatureManifest(**{**asdict(feature.manifest), "dim": width, "dtype": "float32", "notes": {**feature.manifest.notes, "pca_from": dim}})
+    m = feature.manifest
+    manifest = FeatureManifest(**{**asdict(m), "dim": basis.shape[1], "dtype": "float32", "notes": {**m.notes, "projected_from": m.dim}})
     return Feature(manifest, out, feature.mask)

@@ -33,7 +33,7 @@ from torch import nn
 
 from llmemf.config import ConfigError, check_fields
 from llmemf.data.batching import Batch, DataBundle
-from llmemf.features.store import load_feature, principal_components
+from llmemf.features.store import load_feature, principal_axes, project
 from llmemf.models.base import Recommender
 from llmemf.models.layers import StackedSequenceEncoder, sampled_softmax_nll
 
@@ -122,16 +122,22 @@ class LLMEMF(Recommender):
         self.feature_info: dict[str, str] = {}
         self.missing = nn.ParameterDict()
         self.frozen_cols: dict[str, tuple[int, int]] = {}  # modality -> its columns of frozen_keys
+        self.projected: dict[str, tuple[str, torch.Tensor]] = {}  # modality -> (feature name, the projection its keys use)
         frozen_parts = []
-        root = bundle.dataset.root
+        root = self.dataset_root = bundle.dataset.root
         for m, name in (("img", config.img_feature), ("txt", config.txt_feature)):
             if m not in self.modalities:
                 continue
             if root is None:
                 raise ValueError("LLM-EMF with image/text features needs a dataset loaded from a directory")
             feat = load_feature(root, name, n_items=n)
-            if config.frozen_width:
-                feat = principal_components(feat, config.frozen_width)
+            if 0 < config.frozen_width < feat.manifest.dim:
+                mean, basis = principal_axes(feat, config.frozen_width)
+                # (1 + k, d): the mean, then the axes. Persistent, so a checkpoint keeps the projection it was
+                # trained with even where a recomputation would differ (see _reproject_after_load).
+                self.register_buffer(f"{m}_projection", torch.from_numpy(np.vstack([mean, basis.T])))
+                self.projected[m] = (name, self.get_buffer(f"{m}_projection").clone())
+                feat = project(feat, mean, basis)
             mask = torch.zeros(n + 1, dtype=torch.bool)
             mask[:n] = torch.from_numpy(feat.mask)
             values = torch.zeros(n + 1, feat.manifest.dim)
@@ -146,7 +152,7 @@ class LLMEMF(Recommender):
             self.register_buffer(f"{m}_mask", mask, persistent=False)  # (N+1,) has the feature
             self.missing[m] = nn.Parameter(torch.randn(feat.manifest.dim) * 0.02)
             widths[m] = feat.manifest.dim
-            pca = f", PCA {feat.manifest.notes['pca_from']} -> {feat.manifest.dim}" if "pca_from" in feat.manifest.notes else ""
+            pca = f", PCA {feat.manifest.notes['projected_from']} -> {feat.manifest.dim}" if m in self.projected else ""
             self.feature_info[m] = f"{name}: {feat.manifest.encoder}{pca} ({feat.manifest.n_present}/{n} items)"
         dtype = getattr(torch, config.feature_dtype)
         self.register_buffer(
@@ -166,6 +172,21 @@ class LLMEMF(Recommender):
         # Its initialisation (positions N(0, 0.02), zero biases) is the one every reported LLM-EMF number used.
         stack = (bundle.max_len, config.n_blocks, config.n_heads, config.dropout)
         self.encoders = nn.ModuleDict({m: StackedSequenceEncoder(len(SEQUENCES), widths[m], *stack) for m in self.modalities})
+        self.register_load_state_dict_post_hook(LLMEMF._reproject_after_load)
+
+    def _reproject_after_load(self, incompatible) -> None:
+        """After load_state_dict: rebuild the frozen keys of every modality whose loaded projection differs
+        from the one computed at construction (another machine's eigensolver may return other axes
+        among nearly equal eigenvalues), so the model scores with the axes it was trained on."""
+        for m, (name, used) in self.projected.items():
+            loaded = self.get_buffer(f"{m}_projection")
+            if torch.equal(loaded, used):
+                continue
+            mean, basis = loaded[0].double().cpu().numpy(), loaded[1:].T.double().cpu().numpy()
+            feat = project(load_feature(self.dataset_root, name, n_items=self.n_items), mean, basis)
+            start, end = self.frozen_cols[m]
+            self.frozen_keys[: self.n_items, start : end - 1] = torch.from_numpy(feat.values).to(self.frozen_keys)
+            self.projected[m] = (name, loaded.clone())
 
     def set_cold_id(self, mode: str) -> None:
         """Choose how items never seen in training are scored (see LLMEMFConfig.cold_id); also usable on a
