@@ -3,7 +3,7 @@ approximate index at 1M items.
 
     .venv/bin/python benchmarks/bench_serve.py DATASET_DIR --work SCRATCH_DIR [--sizes 100000,1000000]
         [--requests 1000] [--threads 1] [--http-requests 1000] [--http-seconds 60] [--skip-http] [--skip-ann]
-        [--index fp16 --index ivf:nlist=1024,nprobe=16 ...]
+        [--index fp16 --index ivf:nlist=1024,nprobe=16 ...] [--frozen-width 128]
 
 Nothing is trained: latency does not depend on the weights, so every model is LLM-EMF at its real
 size (d_id 256, 2 blocks; img 512-d and txt 384-d frozen features, random unit vectors where the
@@ -16,7 +16,8 @@ dataset has none: said in the output), randomly initialised, written as a run di
    catalogue (domain X). Baseline in the same run: the generic path every other model takes,
    ``model.scores`` (which re-normalises the ID keys per call).
    Synthetic catalogues: N items per domain, 2,000 users with random histories; at 100k the full
-   model, at 1M ID-only keys (d 256) to bound memory (1M x 1154 fp32 keys would be 4.6 GB a domain).
+   model, at 1M ID-only keys (d 256) to bound memory (1M x 1154 fp32 keys would be 4.6 GB a domain);
+   with --frozen-width W also the full model with its frozen features projected to W (model.frozen_width).
    Their ID vectors and features are drawn around 2,000 cluster centres (each item's cluster shared by
    its ID and features), noise as large as the centres.
    Then each --index spec (default fp16 and ivf) on the same model and requests: build time (both
@@ -139,11 +140,12 @@ def synthetic_dataset(root: Path, n: int, seed: int, n_users: int = 2000) -> Pat
     return root
 
 
-def write_run(dataset: Path, out: Path, seed: int, modalities: list[str], cluster_ids: bool = False) -> Path:
+def write_run(dataset: Path, out: Path, seed: int, modalities: list[str], cluster_ids: bool = False, frozen_width: int = 0) -> Path:
     """A randomly initialised LLM-EMF of the real size saved as a run directory (config.yaml + best.pt)."""
     if (out / "best.pt").exists():
         return out
-    cfg = load_config(None, [f"dataset={dataset}", f"out={out}", "model.name=llmemf", f"seed={seed}", f"model.modalities=[{','.join(modalities)}]"])
+    overrides = [f"dataset={dataset}", f"out={out}", "model.name=llmemf", f"seed={seed}", f"model.modalities=[{','.join(modalities)}]"]
+    cfg = load_config(None, [*overrides, f"model.frozen_width={frozen_width}"])
     torch.manual_seed(seed)
     model = build_model("llmemf", cfg.model_params, DataBundle(Dataset.load(dataset), cfg.max_len))
     if cluster_ids:
@@ -451,6 +453,7 @@ def main() -> None:
         action="append",
         help="a `llmemf serve --index` spec to compare with exact scoring in-process and over HTTP (repeatable; default fp16 and ivf)",
     )
+    ap.add_argument("--frozen-width", type=int, default=0, help="also serve the full model with model.frozen_width=W (catalogues up to 200k)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -481,6 +484,13 @@ def main() -> None:
                 "X",
                 False,
             )
+            if args.frozen_width:
+                runs[f"synthetic {n:,} (frozen PCA {args.frozen_width})"] = (
+                    write_run(root, args.work / f"run_syn_{n}_pca{args.frozen_width}", args.seed, ["id", "img", "txt"], True, args.frozen_width),
+                    root,
+                    "X",
+                    False,
+                )
         if n > 200_000:
             no_http.add(f"synthetic {n:,} (ID keys only)")  # the approximate-index case; its HTTP rows would add only minutes
         runs[f"synthetic {n:,} (ID keys only)"] = (

@@ -137,3 +137,15 @@ def test_every_registered_model_is_servable(name, serve_dataset, tmp_path):
     res = served.recommend(req)
     assert len(res.items) == 5 and all(30 <= r.item_id < 70 and r.item_id not in (35, 36) for r in res.items)
     assert all(torch.isfinite(torch.tensor(r.score)) for r in res.items)
+
+
+def test_a_model_with_projected_frozen_features_serves_its_own_scores(serve_dataset, tmp_path):
+    """model.frozen_width: the served fused dot product equals model.scores, with the projection read back
+    from the checkpoint."""
+    served = ServedModel.load(train_run(serve_dataset.root, tmp_path / "pca", "llmemf", "model.d_id=16", "model.frozen_width=4"))
+    model = served.model
+    assert model.widths["txt"] == 4 and model.get_buffer("txt_projection").shape[0] == 1 + 4
+    batch = served.history_batch([[1, 35, 40], [31, 32, 33, 34]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model.fused_query(batch, 1) @ model.fused_keys(1, "learned").T, model.scores(batch, 1), rtol=1e-5, atol=1e-4)
+    assert len(served.recommend(RecommendRequest(["I0001", 35], "Y", k=5)).items) == 5
