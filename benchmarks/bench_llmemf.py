@@ -5,7 +5,8 @@
 
 Every variant runs in its own child process (so that its peak RSS and CPU times are its own) and
 times --steps training steps after 2 warm-up steps on length-bucketed batches of 256 spread over
-the epoch; the step of a middle-length batch is counted by torch's FlopCounterMode. Per variant:
+the epoch (the optimizer `llmemf train` makes: fused Adam, sparse gradients for the tables read by rows); the
+step of a middle-length batch is counted by torch's FlopCounterMode. Per variant:
 median seconds per step, the epoch estimate (median x batches per epoch), GFLOP per step, achieved
 GFLOP/s and its share of the matmul peak of the same dtype measured first in this run, user and
 sys CPU seconds of the timed steps (getrusage) with sys's share, and the child's peak RSS.
@@ -119,13 +120,15 @@ def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int
 
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
+    from llmemf.config import TrainConfig
     from llmemf.models.base import build_model
+    from llmemf.training.loop import make_optimizer
 
     bundle = DataBundle(Dataset.load(root), 15)
     all_batches = list(bundle.train.iter_batches(BATCH, shuffle=True, seed=0, by_length=True))
     torch.manual_seed(0)
     model = build_model(model_name, params, bundle)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, TrainConfig(lr=1e-3))  # the optimizer `llmemf train` uses
 
     def step(batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

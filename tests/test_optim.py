@@ -40,6 +40,23 @@ def test_every_row_touched_is_adam_with_l2():
         torch.testing.assert_close(lazy_opt.state[lazy.weight][key], adam.state[dense.weight][key])
 
 
+def test_not_lazy_is_adam_on_the_dense_gradient_even_for_rows_a_step_does_not_touch():
+    """lazy=False: a sparse gradient made dense gives torch's fused Adam update, moments of untouched rows
+    decaying and their weights moving on momentum, as with a dense gradient."""
+    target = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    sparse, dense = _table(0, True), _table(0, False)
+    opt = LazyAdam(sparse.parameters(), lr=0.05, weight_decay=0.01, fused=True, lazy=False)
+    adam = torch.optim.Adam(dense.parameters(), lr=0.05, weight_decay=0.01, fused=True)
+    for ids in ([0, 1, 1], [2, 3, 3], [2, 5, 0]):
+        _step(sparse, opt, torch.tensor(ids), target)
+        _step(dense, adam, torch.tensor(ids), target)
+        assert sparse.weight.grad.is_sparse
+        opt.step()
+        adam.step()
+    torch.testing.assert_close(sparse.weight, dense.weight)
+    assert not torch.equal(sparse.weight[1], _table(0, False).weight[1]) and opt.state[sparse.weight]["exp_avg"][1].abs().sum() > 0
+
+
 def test_rows_a_step_does_not_touch_keep_weights_and_moments():
     table = _table(0, True)
     opt = LazyAdam(table.parameters(), lr=0.1, weight_decay=0.1)
@@ -122,7 +139,11 @@ def test_lazy_adam_is_the_trainers_choice(tiny_bundle):
 
     for lazy in (False, True):
         model = build_model("llmemf", {"d_id": 8, "modalities": ["id"], "train_negatives": 5}, tiny_bundle)
-        make_optimizer(model, TrainConfig(lazy_adam=lazy))
-        assert model.item_id.sparse is lazy
+        opt = make_optimizer(model, TrainConfig(lazy_adam=lazy, weight_decay=0.1))
+        assert model.item_id.sparse and opt.lazy is lazy  # sparse gradients either way; lazy updates by choice
         model.loss(next(tiny_bundle.train.iter_batches(4))).backward()
-        assert model.item_id.weight.grad.is_sparse is lazy
+        assert model.item_id.weight.grad.is_sparse
+        before = model.item_id.weight.detach().clone()
+        untouched = ~torch.isin(torch.arange(len(before)), model.item_id.weight.grad.coalesce().indices()[0])
+        opt.step()
+        assert torch.equal(model.item_id.weight[untouched], before[untouched]) is lazy  # Adam's weight decay moves them

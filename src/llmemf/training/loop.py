@@ -32,16 +32,15 @@ def make_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> LazyAdam:
     """Adam + L2 (``weight_decay``), fused into one kernel where the device has one: on CPU its step
     is 2.6-10x faster than the default foreach implementation on Food-Kitchen's models
     (benchmarks/bench_optimizer.py), with the same update up to float rounding and the same state,
-    so a checkpoint written by either resumes in the other. With ``train.lazy_adam``, the tables the
-    model reads by rows (``Recommender.sparse_embeddings``) are switched to sparse gradients here, and
-    get lazy Adam's update of the rows a step read (training/optim.py)."""
-    if train_cfg.lazy_adam:
-        for table in getattr(model, "sparse_embeddings", list)():
-            table.sparse = True
+    so a checkpoint written by either resumes in the other. The tables the model reads by rows
+    (``Recommender.sparse_embeddings``) are switched to sparse gradients here; with ``train.lazy_adam``
+    they get lazy Adam's update of the rows a step read, otherwise Adam's (training/optim.py)."""
+    for table in getattr(model, "sparse_embeddings", list)():
+        table.sparse = True
     params = list(model.parameters())
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     betas = getattr(model, "adam_betas", (0.9, 0.999))  # a Recommender declares its reference code's betas
-    return LazyAdam(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay, fused=fused or None)
+    return LazyAdam(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay, fused=fused or None, lazy=train_cfg.lazy_adam)
 
 
 @dataclass
@@ -100,7 +99,8 @@ def fit(
         if on_cuda and has_sparse_gradients(model):
             # DDP all-reduces sparse gradients on gloo (tests/test_distributed.py), but NCCL has no sparse all-reduce.
             make_gradients_dense(model)
-            log("train.lazy_adam is off under DDP on CUDA: NCCL cannot all-reduce sparse gradients, so every table trains with Adam")
+            if train_cfg.lazy_adam:
+                log("train.lazy_adam is off under DDP on CUDA: NCCL cannot all-reduce sparse gradients, so every table trains with Adam")
         # Unused parameters (a modality a config switches off) would stall DDP's reducer without find_unused_parameters.
         # Buffers (frozen feature matrices) are equal on every rank and never change: no per-step broadcast.
         step = torch.nn.parallel.DistributedDataParallel(

@@ -5,7 +5,10 @@ looks rows up through the module's flag (``F.embedding(ids, emb.weight, sparse=e
 ``train.lazy_adam`` the trainer sets that flag: the table's gradient is then a sparse tensor of the
 rows the step used, instead of a dense (N x d) one that is mostly zeros, and ``LazyAdam`` updates
 the table in those rows only, so a step costs the same whatever the catalogue's size. Every other
-parameter gets torch's Adam unchanged.
+parameter gets torch's Adam unchanged. Without ``train.lazy_adam`` such tables still get sparse
+gradients, which ``LazyAdam(lazy=False)`` makes dense once before Adam's step: the same update as
+dense gradients, but one (N x d) gradient per step instead of one per lookup (a sampled-softmax step
+of LLM-EMF looks its ID table up five times, and each dense lookup gradient is zero-filled and added).
 
 Lazy is not the same as Adam. Adam decays every row's moments at every step and keeps moving a
 row on its momentum after its gradient stops; lazy Adam leaves a row untouched (weights and
@@ -24,14 +27,27 @@ from torch import nn
 
 
 class LazyAdam(torch.optim.Adam):
-    """torch.optim.Adam, except that a parameter whose gradient is sparse is updated lazily (above).
-    Its state (step, exp_avg, exp_avg_sq) has Adam's layout, so checkpoints load in either and a
-    parameter may switch between sparse and dense gradients (DDP's dense fallback)."""
+    """torch.optim.Adam, except that a parameter whose gradient is sparse is updated lazily (above), or
+    with ``lazy=False`` by Adam after its gradient is made dense. Its state (step, exp_avg,
+    exp_avg_sq) has Adam's layout, so checkpoints load in either and a parameter may switch between
+    sparse and dense gradients (DDP's dense fallback)."""
+
+    def __init__(self, params, *args, lazy: bool = True, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.lazy = lazy
+        # lazy=False: one dense gradient buffer per sparse-gradient table, reused across steps (zeroing
+        # memory already touched is far cheaper than a fresh (N x d) allocation's page faults every step)
+        self._dense_grads: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("LazyAdam takes no closure")
+        if not self.lazy:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.is_sparse:
+                        p.grad = self._densified(p)
         sparse = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None and p.grad.is_sparse]
         grads = [p.grad for _, p in sparse]
         for _, p in sparse:  # torch's Adam refuses sparse gradients: hide them from it
@@ -43,6 +59,15 @@ class LazyAdam(torch.optim.Adam):
                 p.grad = g
         for group, p in sparse:
             self._lazy_step(group, p)
+
+    def _densified(self, p: torch.Tensor) -> torch.Tensor:
+        grad = p.grad
+        dense = self._dense_grads.get(p)
+        if dense is None or dense.shape != p.shape or dense.device != p.device or dense.dtype != grad.dtype:
+            dense = self._dense_grads[p] = torch.zeros(p.shape, dtype=grad.dtype, device=p.device)
+        else:
+            dense.zero_()
+        return dense.index_add_(0, grad._indices()[0], grad._values())  # duplicate rows summed
 
     def _lazy_step(self, group: dict, p: torch.Tensor) -> None:
         if group["amsgrad"] or group["maximize"]:
