@@ -118,9 +118,9 @@ def pick(items: list, steps: int) -> list:
 def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int) -> dict:
     import torch
 
+    from llmemf.config import TrainConfig
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
-    from llmemf.config import TrainConfig
     from llmemf.models.base import build_model
     from llmemf.training.loop import make_optimizer
 
