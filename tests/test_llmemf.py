@@ -416,3 +416,18 @@ def test_a_loaded_projection_rebuilds_the_frozen_keys_it_was_trained_with(tiny_b
     fresh.load_state_dict(trained.state_dict())
     torch.testing.assert_close(fresh.frozen_keys, trained.frozen_keys)
     torch.testing.assert_close(fresh.scores(batch, domain=1), expected)
+
+
+def test_negatives_as_many_as_a_domains_items_mean_its_full_softmax(tiny_bundle):
+    """K >= a domain's items: that domain trains by its full softmax (X has 30 items, Y 40); K = 35
+    samples in Y only."""
+    batch = next(tiny_bundle.train.iter_batches(16))
+    losses = {}
+    for k in (0, 40, 35):
+        torch.manual_seed(0)
+        model = build_model("llmemf", {"d_id": 16, "train_negatives": k, "negative_sampler": "popularity", "dropout": 0.0}, tiny_bundle)
+        torch.manual_seed(1)
+        losses[k] = model.loss(batch)
+    assert [m._samples_negatives(n) for m, n in ((model, 30), (model, 40))] == [False, True]
+    torch.testing.assert_close(losses[40], losses[0])
+    assert not torch.allclose(losses[35], losses[0])

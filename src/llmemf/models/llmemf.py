@@ -66,7 +66,8 @@ class LLMEMFConfig:
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     frozen_width: int = 0  # 0 = each frozen feature at its own width (the paper); k > 0 = each projected first onto
     #   its top-k principal components (features.store.principal_components), so its encoders and keys are k wide
-    train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax (negative_sampler), shared by the batch
+    train_negatives: int = 0  # 0 = full softmax over the domain; K > 0 = sampled softmax (negative_sampler), shared by the
+    #   batch, in every domain of more than K items (a smaller one gets its full softmax)
     negative_sampler: str = "uniform"  # with train_negatives > 0: "uniform" (K draws over the domain) | "popularity"
     #   (K draws with probability proportional to 1 + the item's count in training sequences) | "in_batch" (the
     #   batch's distinct targets of the domain; K unused). None is measured better than the full softmax yet.
@@ -341,7 +342,7 @@ class LLMEMF(Recommender):
                 continue
             q = {m: qm[sel] for m, qm in q_all.items()}  # (n, d_m) queries of all three sequences together
             t = targets[sel]  # (n,)
-            if self.config.train_negatives:
+            if self._samples_negatives(hi - lo):
                 ce = self._sampled_cross_entropy(q, t, lo, hi)
             else:
                 logits = self._domain_scores(q, lo, hi)  # (n, N_d)
@@ -349,6 +350,12 @@ class LLMEMF(Recommender):
             w = seq_weight[sel.nonzero()[:, 0]]
             total = total + (ce * w).sum()
         return total / max(count, 1)
+
+    def _samples_negatives(self, n_items: int) -> bool:
+        """Whether a domain of n_items trains by sampled softmax: K draws from a domain of at most K items
+        would cost more than its full softmax and only estimate it, so such a domain gets the full one."""
+        k = self.config.train_negatives
+        return k > 0 and (self.config.negative_sampler == "in_batch" or k < n_items)
 
     def _negatives(self, t: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Negatives shared by the rows of one domain, and each one's log-Q correction bias.
