@@ -76,7 +76,7 @@ def test_unknown_modality_and_fusion_rejected(tiny_bundle):
 
 def test_probability_fusion_is_a_mixture_of_softmaxes(tiny_bundle):
     torch.manual_seed(0)
-    model = build_model("llmemf", {"d_id": 16, "fusion": "probabilities", "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()
+    model = build_model("llmemf", {"d_id": 16, "fusion": "probabilities", "train_negatives": 0, "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()
     batch = _eval_batch(tiny_bundle)
     lo, hi = tiny_bundle.domain_range(1)
     got = model.scores(batch, 1, None)

@@ -14,10 +14,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
     "params",
     [
         {},
+        {"train_negatives": 0},
         {"train_negatives": 20},
-        {"train_negatives": 20, "negative_sampler": "popularity"},
+        {"train_negatives": 20, "negative_sampler": "uniform"},
         {"train_negatives": 1, "negative_sampler": "in_batch"},
-        {"fusion": "probabilities"},
+        {"fusion": "probabilities", "train_negatives": 0},
         {"cold_id": "content"},
         {"cold_id": "neutral"},
     ],

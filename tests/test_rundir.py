@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -162,3 +163,29 @@ def test_a_metrics_line_torn_by_a_kill_does_not_block_the_resume(tiny_dataset, t
         f.write('{"epoch": 2, "loss": 4.1')  # killed while appending epoch 2's line, before its last.pt
     train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
     assert [json.loads(s)["epoch"] for s in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_run_directory_records_every_model_field_and_old_ones_keep_their_defaults(tiny_dataset, tmp_path):
+    """config.yaml names every model field, so a later change of a default cannot change what a finished run
+    means; a config.yaml written before (naming only the fields set away from the defaults of its day) is read
+    with the earlier default of each field whose default has changed since."""
+    from omegaconf import OmegaConf
+
+    from llmemf.config import config_to_yaml
+    from llmemf.models.llmemf import LLMEMF, LLMEMFConfig
+    from llmemf.training.rundir import load_run_config
+
+    cfg = load_config(None, [f"dataset={tiny_dataset.root}", f"out={tmp_path / 'new'}", "model.name=llmemf", "model.d_id=16"])
+    RunDir(tmp_path / "new").open(cfg, resume=False)
+    stored = OmegaConf.load(tmp_path / "new" / "config.yaml").model
+    assert set(stored) == {"name"} | {f.name for f in dataclasses.fields(LLMEMFConfig)}
+    assert stored.train_negatives == LLMEMFConfig().train_negatives and stored.d_id == 16
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text(config_to_yaml(cfg))  # as written before: the overrides only
+    assert set(OmegaConf.load(old / "config.yaml").model) == {"name", "d_id"}
+    earlier = load_run_config(old / "config.yaml").model_params
+    assert LLMEMF.earlier_defaults and all(earlier[k] == v for k, v in LLMEMF.earlier_defaults.items())
+    assert not matches_stored_experiment(old, cfg)  # trained under the earlier defaults: not this experiment
+    assert matches_stored_experiment(old, dataclasses.replace(cfg, model={**cfg.model, **LLMEMF.earlier_defaults}))

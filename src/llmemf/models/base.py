@@ -30,6 +30,10 @@ class Recommender(nn.Module):
     prefers_bf16: ClassVar[bool] = False  # train.bf16 unset: train in bf16 autocast where the CPU has native bf16
     reference: ClassVar[str] = ""  # paper reference, for `llmemf models`
     summary: ClassVar[str] = ""  # one line
+    # Config fields whose default has changed, each with its earlier default: a run directory's config.yaml
+    # written before every field was recorded names only fields set away from the defaults of its day, and
+    # so trained with these (training.rundir.load_run_config).
+    earlier_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any, bundle: DataBundle):
         super().__init__()

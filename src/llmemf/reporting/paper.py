@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from llmemf.errors import UserError
 from llmemf.evaluation.ranks import RANKS_FILE, load_ranks
@@ -47,17 +46,21 @@ def collect(runs_root: Path, dest: Path) -> int:
 
 
 def _features(run_dir: Path) -> str:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    if cfg.model.name != "llmemf":
+    """What a run's model read, e.g. "ID + titles (PCA 128)", from its config with every field resolved."""
+    from llmemf.models.base import model_class
+    from llmemf.training.rundir import load_run_config
+
+    cfg = load_run_config(run_dir / "config.yaml")
+    if cfg.model_name != "llmemf":
         return "ID"
-    mods = list(cfg.model.get("modalities", ["id", "img", "txt"]))
+    model = model_class("llmemf").Config(**cfg.model_params)
     parts = ["ID"]
-    if "txt" in mods:
-        feature = cfg.model.get("txt_feature", "txt_llm")
-        parts.append({"txt_title": "titles", "txt_llm": "titles + LLM text"}.get(feature, feature))
-    if "img" in mods:
+    if "txt" in model.modalities:
+        parts.append({"txt_title": "titles", "txt_llm": "titles + LLM text"}.get(model.txt_feature, model.txt_feature))
+    if "img" in model.modalities:
         parts.append("images")
-    return " + ".join(parts)
+    width = f" (PCA {model.frozen_width})" if model.frozen_width and len(parts) > 1 else ""
+    return " + ".join(parts) + width
 
 
 def _point(point: dict) -> str:

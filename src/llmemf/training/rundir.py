@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.errors import UserError
 from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
-from llmemf.models.base import check_model_params
+from llmemf.models.base import check_model_params, model_class
 
 
 def load_checkpoint(path: Path) -> Any:
@@ -74,6 +75,23 @@ def check_dataset(run_dir: Path, dataset: str | Path, current: str, way_out: str
         )
 
 
+def resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with every field of its model written out: what a run directory records, so that a later
+    change of a default cannot change what a stored config means."""
+    cls = check_model_params(cfg.model_name, cfg.model_params)
+    return dataclasses.replace(cfg, model={"name": cfg.model_name, **dataclasses.asdict(cls.Config(**cfg.model_params))})
+
+
+def load_run_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """A run directory's config.yaml (``load_config``). One written before run directories recorded every
+    model field names only the fields set away from the defaults of its day: each field whose default has
+    changed since (the model's ``earlier_defaults``) and that it does not name gets its earlier default."""
+    name = load_config(path).model_name  # the checks and their one-line errors, the model's name among them
+    stored = OmegaConf.load(path).get("model") or {}
+    earlier = [f"model.{k}={v}" for k, v in model_class(name).earlier_defaults.items() if k not in stored]
+    return load_config(path, [*earlier, *(overrides or [])])
+
+
 def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
     """Equal configs up to how they execute (threads, progress bar) and where the run directory
     lives, with every model field resolved to its value (a default written out equals a default
@@ -82,12 +100,10 @@ def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
     training stops (epochs, patience, max_minutes), which is what resuming to train longer changes."""
 
     def normalised(c: RunConfig) -> str:
-        cls = check_model_params(c.model_name, c.model_params)
-        model = {"name": c.model_name, **dataclasses.asdict(cls.Config(**c.model_params))}
         train = dataclasses.replace(c.train, threads=0, progress=True)
         if longer:
             train = dataclasses.replace(train, epochs=0, patience=0, max_minutes=0.0)
-        return config_to_yaml(dataclasses.replace(c, out="", model=model, train=train))
+        return config_to_yaml(dataclasses.replace(resolved(c), out="", train=train))
 
     return normalised(a) == normalised(b)
 
@@ -101,7 +117,7 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
     if not stored.exists():
         return False
     try:
-        same = same_experiment(load_config(stored), cfg, longer=longer)
+        same = same_experiment(load_run_config(stored), cfg, longer=longer)
     except ValueError:
         return False
     if same:
@@ -209,7 +225,7 @@ class RunDir:
             state = self._check_best(state)
         # results.json describes a finished training; until this one finishes, nothing may reuse the old one.
         self.results.unlink(missing_ok=True)
-        atomic_write_bytes(self.config, config_to_yaml(cfg).encode())
+        atomic_write_bytes(self.config, config_to_yaml(resolved(cfg)).encode())
         atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
         return state
 

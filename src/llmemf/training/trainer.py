@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmemf.config import RunConfig, load_config
+from llmemf.config import RunConfig
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
 from llmemf.distributed import SINGLE, World, setup
@@ -40,6 +40,7 @@ from llmemf.training.rundir import (
     RunDirConflict,
     check_dataset,
     load_checkpoint,
+    load_run_config,
     matches_stored_experiment,
     run_dir_lock,
     same_experiment,
@@ -235,7 +236,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, bundle: Data
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a llmemf run directory?")
-    cfg = load_config(cfg_path, [f"dataset={dataset}"] if dataset else None)
+    cfg = load_run_config(cfg_path, [f"dataset={dataset}"] if dataset else None)
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     check_dataset(run_dir, cfg.dataset, bundle.dataset.manifest.content_hash, "evaluate it on the dataset it was trained on, or retrain on this one")
