@@ -3,7 +3,7 @@ approximate index at 1M items.
 
     .venv/bin/python benchmarks/bench_serve.py DATASET_DIR --work SCRATCH_DIR [--sizes 100000,1000000]
         [--requests 1000] [--threads 1] [--http-requests 1000] [--http-seconds 60] [--skip-http] [--skip-ann]
-        [--index fp16 --index ivf:nlist=1024,nprobe=16 ...] [--frozen-width 128]
+        [--index fp16 --index ivf:nlist=1024,nprobe=16 ...] [--frozen-width 128] [--only synthetic]
 
 Nothing is trained: latency does not depend on the weights, so every model is LLM-EMF at its real
 size (d_id 256, 2 blocks; img 512-d and txt 384-d frozen features, random unit vectors where the
@@ -453,6 +453,7 @@ def main() -> None:
         action="append",
         help="a `llmemf serve --index` spec to compare with exact scoring in-process and over HTTP (repeatable; default fp16 and ivf)",
     )
+    ap.add_argument("--only", default="", help="serve only the catalogues whose label contains this text (e.g. synthetic)")
     ap.add_argument("--frozen-width", type=int, default=0, help="also serve the full model with model.frozen_width=W (catalogues up to 200k)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -500,6 +501,7 @@ def main() -> None:
             n == max(sizes),  # the approximate index on the largest catalogue
         )
 
+    runs = {label: run for label, run in runs.items() if args.only in label}
     inproc, indexed, queries, http, ann = [], [], [], [], []
     ann_label = next((k for k, v in runs.items() if v[3]), "")
     print("\n[1] in-process scoring (ServedModel.recommend, k=10)")

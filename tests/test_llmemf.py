@@ -127,10 +127,11 @@ def test_sampled_softmax_gives_the_id_table_a_sparse_gradient_of_the_rows_it_rea
 
 def test_corrected_sampled_softmax_estimates_the_full_loss(tiny_bundle):
     torch.manual_seed(0)
-    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title"}, tiny_bundle).eval()
+    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title", "train_negatives": 0}, tiny_bundle).eval()
     batch = next(tiny_bundle.train.iter_batches(64))
     with torch.no_grad():
         full = model.loss(batch)
+        model._samples_negatives = lambda n_items: True  # K far above the domain's size, sampled all the same
         model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)
         corrected = model.loss(batch)
         model.config.sampled_correction = False
@@ -145,10 +146,11 @@ def test_each_negative_sampler_estimates_the_full_loss(tiny_bundle, sampler):
     approaches the full softmax's; without the log-Q correction the drawn ones do not (in_batch: every item is
     in, so there is nothing to correct, see the next test)."""
     torch.manual_seed(0)
-    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title"}, tiny_bundle).eval()
+    model = build_model("llmemf", {"d_id": 16, "modalities": ["id", "txt"], "txt_feature": "txt_title", "train_negatives": 0}, tiny_bundle).eval()
     batch = next(tiny_bundle.train.iter_batches(256))
     with torch.no_grad():
         full = model.loss(batch)
+        model._samples_negatives = lambda n_items: True  # K far above the domain's size, sampled all the same
         model.config.negative_sampler = sampler
         model.config.train_negatives = 40 * max(hi - lo for lo, hi in model.domain_ranges)
         corrected = model.loss(batch)
