@@ -11,10 +11,10 @@ median seconds per step, the epoch estimate (median x batches per epoch), GFLOP 
 GFLOP/s and its share of the matmul peak of the same dtype measured first in this run, user and
 sys CPU seconds of the timed steps (getrusage) with sys's share, and the child's peak RSS.
 
-Variants: LLM-EMF with every modality (full softmax and sampled, fp32 and bf16; with --frozen-width
-W also both in bf16 with the frozen features projected to W principal components), LLM-EMF ID only
-(bf16), SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of
-cjx96/C2DSR holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where
+Variants: LLM-EMF with every modality (full softmax and sampled at the features' own widths, fp32 and
+bf16; with --frozen-width W also both in bf16 with the frozen features projected to W principal
+components; and LLM-EMF's default mode, fp32 and bf16), LLM-EMF ID only with the full softmax (bf16),
+SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of cjx96/C2DSR holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where
 ``Tensor.cuda`` is made a no-op at run time and the dataset is written to a temporary directory in
 its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edited.
 
@@ -157,18 +157,23 @@ def child_official(checkout: Path, dataset: Path, steps: int) -> dict:
 
 
 def variants(negatives: int, frozen_width: int) -> list[dict]:
+    """Every LLM-EMF variant names its training knobs, so a row means the same whatever the defaults."""
     out = []
     for bf16 in (False, True):
         out.append({"label": "sasrec d=256", "model": "sasrec", "params": {"hidden": 256}, "bf16": bf16, "group": "sasrec"})
-    out.append({"label": "llmemf id only", "model": "llmemf", "params": {"modalities": ["id"]}, "bf16": True, "group": "llmemf"})
+    id_only = {"modalities": ["id"], "train_negatives": 0}
+    out.append({"label": "llmemf id only, full", "model": "llmemf", "params": id_only, "bf16": True, "group": "llmemf"})
     for bf16 in (False, True):
-        out.append({"label": "llmemf all, full", "model": "llmemf", "params": {}, "bf16": bf16, "group": "llmemf"})
-        sampled = {"train_negatives": negatives}
+        full = {"train_negatives": 0, "frozen_width": 0}
+        out.append({"label": "llmemf all, full", "model": "llmemf", "params": full, "bf16": bf16, "group": "llmemf"})
+        sampled = {"train_negatives": negatives, "frozen_width": 0}
         out.append({"label": f"llmemf all, sampled {negatives}", "model": "llmemf", "params": sampled, "bf16": bf16, "group": "llmemf"})
     if frozen_width:
-        for label, params in (("full", {}), (f"sampled {negatives}", {"train_negatives": negatives})):
+        for label, params in (("full", {"train_negatives": 0}), (f"sampled {negatives}", {"train_negatives": negatives})):
             params = {**params, "frozen_width": frozen_width}
             out.append({"label": f"llmemf all/{frozen_width}, {label}", "model": "llmemf", "params": params, "bf16": True, "group": "llmemf"})
+    for bf16 in (False, True):
+        out.append({"label": "llmemf all, default mode", "model": "llmemf", "params": {}, "bf16": bf16, "group": "llmemf"})
     return out
 
 
