@@ -15,7 +15,8 @@ Variants: LLM-EMF with every modality (full softmax and sampled at the features'
 bf16; with --frozen-width W also both in bf16 with the frozen features projected to W principal
 components; and LLM-EMF's default mode, fp32 and bf16), LLM-EMF ID only with the full softmax (bf16),
 SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of cjx96/C2DSR
-holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where ``Tensor.cuda`` is made a no-op at run time and the dataset is written to a temporary directory in
+holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where ``Tensor.cuda``
+is made a no-op at run time and the dataset is written to a temporary directory in
 its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edited.
 
 If the dataset has no ``img`` / ``txt_llm`` features, random 512-d unit features stand in for the
