@@ -65,8 +65,9 @@ class LLMEMFConfig:
     gamma_xy: float = 1.0  # weight of the merged sequence at prediction time
     feature_dtype: str = "float32"  # frozen feature tables in memory: float32 | bfloat16
     # The training defaults below are the measured cheap mode (docs/sampled_softmax.md: Food-Kitchen, 3 seeds, within
-    # seed noise of the full softmax at the features' own widths; docs/cost.md section 8: what an epoch costs); the
-    # paper's own setting is frozen_width=0, train_negatives=0.
+    # seed noise of the full softmax at the features' own widths under the c2dsr protocol, slightly below it on Kitchen
+    # under the full one; docs/cost.md section 8: what an epoch costs); the paper's own setting is frozen_width=0,
+    # train_negatives=0.
     frozen_width: int = 128  # k > 0: each frozen feature wider than k projected first onto its top-k principal
     #   components (features.store.principal_axes), so its encoders and keys are k wide; 0 = its own width (the paper)
     train_negatives: int = 1024  # K > 0: sampled softmax (negative_sampler), negatives shared by the batch, in every
