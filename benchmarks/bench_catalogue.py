@@ -91,7 +91,7 @@ def child(n_items: int, args) -> dict:
             out[mode] = f"skipped: its logits alone ~{logits_gib:.0f} GiB (> --max-logits-gib {args.max_logits_gib})"
             continue
         torch.manual_seed(0)
-        model = build_model("llmemf", {"modalities": ["id"], "d_id": args.d_id, "train_negatives": negatives}, bundle)
+        model = build_model("llmemf", {"modalities": ["id"], "d_id": args.d_id, "train_negatives": negatives, "negative_sampler": "uniform"}, bundle)
         opt = make_optimizer(model, TrainConfig(lazy_adam=lazy))  # the trainer's optimiser
         times, opt_times = [], []
         for i, batch in enumerate(batches):
