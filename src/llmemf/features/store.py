@@ -160,16 +160,21 @@ def list_features(dataset_root: str | Path) -> list[str]:
     return sorted(p.stem for p in root.glob("*.json")) if root.exists() else []
 
 
+def _unit_present_rows(feature: Feature) -> np.ndarray:
+    """(n_present, dim) float64: the rows of the items that have the feature, scaled to unit length."""
+    present = np.asarray(feature.values[feature.mask], dtype=np.float64)
+    return present / np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
+
+
 def principal_axes(feature: Feature, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The mean (dim,) and top ``width`` principal axes (dim, width) of the feature's present rows, made
     unit first. Deterministic: float64 eigendecomposition of the covariance, each axis's sign fixed so
     that its largest-magnitude loading is positive."""
-    present = np.asarray(feature.values[feature.mask], dtype=np.float64)
+    present = _unit_present_rows(feature)
     if len(present) < 2 or not 0 < width < feature.manifest.dim:
         raise FeatureError(
             f"feature {feature.manifest.name!r}: {len(present)} item(s) of width {feature.manifest.dim} have no {width}-d principal axes"
         )
-    present /= np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
     mean = present.mean(0)
     centred = present - mean
     _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
@@ -181,9 +186,7 @@ def principal_axes(feature: Feature, width: int) -> tuple[np.ndarray, np.ndarray
 def project(feature: Feature, mean: np.ndarray, basis: np.ndarray) -> Feature:
     """The feature's present rows, made unit, centred on ``mean``, projected onto ``basis`` (dim, k) and
     made unit again; absent rows stay zero. The manifest notes the original width."""
-    present = np.asarray(feature.values[feature.mask], dtype=np.float64)
-    present /= np.maximum(np.linalg.norm(present, axis=1, keepdims=True), 1e-12)
-    projected = (present - mean) @ basis
+    projected = (_unit_present_rows(feature) - mean) @ basis
     projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
     out = np.zeros((len(feature.values), basis.shape[1]), dtype=np.float32)
     out[feature.mask] = projected
