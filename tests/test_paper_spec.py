@@ -119,6 +119,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     shutil.rmtree(runs)
     _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/again.md")
     assert (tmp_path / "docs" / "again.md").read_text() == doc
+    # A new machine (run directories gone, results/ kept): the spec restores every run and trains none.
+    third = _invoke("compare", "--spec", spec, "train.threads=1")
+    assert "epoch   1" not in third and third.count("restored from") == 12
+    assert json.loads((runs / "selection.json").read_text()) == selection
 
 
 def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_path):

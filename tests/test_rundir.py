@@ -189,3 +189,36 @@ def test_a_run_directory_records_every_model_field_and_old_ones_keep_their_defau
     assert LLMEMF.earlier_defaults and all(earlier[k] == v for k, v in LLMEMF.earlier_defaults.items())
     assert not matches_stored_experiment(old, cfg)  # trained under the earlier defaults: not this experiment
     assert matches_stored_experiment(old, dataclasses.replace(cfg, model={**cfg.model, **LLMEMF.earlier_defaults}))
+
+
+def test_a_collected_run_is_restored_only_for_the_same_experiment_on_the_same_data(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
+    """A spec resumed on a new machine gets its finished runs back from results/ (small files, other
+    paths), never a run of another config or of other data."""
+    from llmemf.training.rundir import SMALL_FILES, restore_finished_run
+
+    trained = _cfg(tiny_dataset.root, tmp_path / "old" / "sasrec", "train.epochs=1")
+    run_or_reuse(trained, tiny_bundle, quiet)
+    kept = tmp_path / "results" / "sasrec"
+    kept.mkdir(parents=True)
+    for name in SMALL_FILES:
+        shutil.copy(tmp_path / "old" / "sasrec" / name, kept / name)
+    # Another machine: the data lives elsewhere (same content), runs go elsewhere.
+    copy = tmp_path / "elsewhere" / "data"
+    shutil.copytree(tiny_dataset.root, copy)
+    data_hash = Dataset.load(copy).manifest.content_hash
+    here = _cfg(copy, tmp_path / "new" / "sasrec", "train.epochs=1", "train.threads=2")
+    assert not restore_finished_run(kept, tmp_path / "other_cfg", _cfg(copy, tmp_path / "other_cfg", "train.epochs=2"), data_hash)
+    assert not restore_finished_run(kept, tmp_path / "other_data", here, "0" * 16)
+    assert not (tmp_path / "other_cfg").exists() and not (tmp_path / "other_data").exists()
+    assert restore_finished_run(kept, tmp_path / "new" / "sasrec", here, data_hash)
+    assert matches_stored_experiment(tmp_path / "new" / "sasrec", here)  # its config is this machine's
+    logs = []
+    res = run_or_reuse(here, DataBundle(Dataset.load(copy), here.max_len), logs.append)
+    assert any("reusing" in s for s in logs) and not (tmp_path / "new" / "sasrec" / "last.pt").exists()
+    assert res["test"] == json.loads((kept / "results.json").read_text())["test"]
+    assert not restore_finished_run(kept, tmp_path / "new" / "sasrec", here, data_hash)  # already finished: untouched
+    # Other data at the same path: the recorded hash no longer matches, so nothing is restored.
+    _regenerate_in_place(copy, make_tiny)
+    other_hash = Dataset.load(copy).manifest.content_hash
+    assert other_hash != data_hash
+    assert not restore_finished_run(kept, tmp_path / "newer" / "sasrec", here, other_hash)

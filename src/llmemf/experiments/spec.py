@@ -11,6 +11,9 @@ ablation rows and the one-at-a-time sensitivity sweeps of figure 5. ``run_spec``
 3. the selected point runs the remaining seeds (every seed for LLM-EMF rows and ``strongest``);
 4. the ablation rows and the sensitivity sweeps run around LLM-EMF's selected point.
 
+The multi-seed rows run first (LLM-EMF's, then the strongest baselines'), then the ablation, the other
+rows and the sensitivity sweeps: a spec stopped part way has its headline comparison.
+
 A spec with ``reuse_selection`` (Movie-Book) searches nothing: every row runs the point another
 spec selected (its ``selection.json``). Every run is an ordinary run directory, reused when its
 config matches, so an interrupted spec resumes where it stopped. ``plan.json`` lists every run.
@@ -297,7 +300,8 @@ def run_spec(
     """Run (or reuse) every run of the spec; returns and writes plan.json (one record per run)."""
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
-    from llmemf.experiments.runner import run_or_reuse
+    from llmemf.experiments.runner import run_or_reuse, training_stages
+    from llmemf.training.rundir import restore_finished_run
 
     data = Dataset.load(spec.dataset)
     bundles: dict[int, DataBundle] = {}
@@ -314,6 +318,9 @@ def run_spec(
             if cfg.max_len not in bundles:
                 bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
             log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
+            kept = results_dir(spec) / p.run
+            if restore_finished_run(kept, Path(cfg.out), training_stages(cfg)[-1], data.manifest.content_hash):
+                log(f"  restored from {kept} (the same experiment on the same data, collected earlier)")
             done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)
         plan.append({**dataclasses.asdict(p), "selected": False})
         write_plan()  # after every run: an interrupted spec's finished runs can be collected and reported
@@ -328,7 +335,8 @@ def run_spec(
 
     selection: dict[str, dict] = {}
     chosen_prev = reused_selection(spec, run_overrides) if spec.reuse_selection else {}
-    for row in spec.rows:
+
+    def run_row(row: Row) -> None:
         seed0 = spec.seeds[0]
         base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
         if spec.reuse_selection:
@@ -352,12 +360,10 @@ def run_spec(
             q = _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
             execute(q)
             _mark_selected(plan, q.run)
-    atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
 
-    if spec.ablation:
+    def run_ablation(ab: Ablation) -> None:
         from llmemf.experiments.runner import ABLATIONS
 
-        ab = spec.ablation
         row = spec.row(ab.base)
         base_point = point_overrides(selection[row.label]["point"])
         labels = list(ABLATIONS)
@@ -366,26 +372,31 @@ def run_spec(
             for seed in ab.seeds:
                 ov = [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"]
                 execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov, config_name=row.config))
-    if spec.sensitivity:
-        sens = spec.sensitivity
+
+    def run_sensitivity(sens: Sensitivity) -> None:
         row = spec.row(sens.base)
         sel_point = selection[row.label]["point"]
         for axis, values in sens.axes.items():
             for v in values:
                 point = {**sel_point, axis: v}
                 ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
-                execute(
-                    PlannedRun(
-                        "sensitivity",
-                        axis,
-                        row.model,
-                        {axis: v},
-                        sens.seed,
-                        f"sensitivity/{slug(axis)}/{point_slug({axis: v})}",
-                        ov,
-                        config_name=row.config,
-                    )
-                )
+                run = f"sensitivity/{slug(axis)}/{point_slug({axis: v})}"
+                execute(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, run, ov, config_name=row.config))
+
+    # What a reader compares first runs first, so that a spec stopped part way (a long one spans several
+    # sessions) already answers it: the multi-seed rows (LLM-EMF's, then the strongest baselines'), the
+    # ablation, the other baselines, the sensitivity sweeps.
+    multi_seed = [r for r in spec.rows if len(spec.seeds_of(r)) > 1]
+    for row in sorted(multi_seed, key=lambda r: r.model != "llmemf"):
+        run_row(row)
+    if spec.ablation:
+        run_ablation(spec.ablation)
+    for row in spec.rows:
+        if row not in multi_seed:
+            run_row(row)
+    atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
+    if spec.sensitivity:
+        run_sensitivity(spec.sensitivity)
     write_plan()
     return plan
 

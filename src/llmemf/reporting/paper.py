@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from llmemf.errors import UserError
-from llmemf.evaluation.ranks import RANKS_FILE, load_ranks
+from llmemf.evaluation.ranks import load_ranks
 from llmemf.io import atomic_write_bytes
 from llmemf.reporting.significance import paired_comparison
 from llmemf.reporting.tables import PAPER_COLUMNS, mean_std_rows, run_seconds, to_csv, to_markdown
+from llmemf.training.rundir import SMALL_FILES
 
-SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
 SPEC_FILES = ("plan.json", "selection.json", "estimate.md")
 PROTOCOLS = ("c2dsr", "full")
 
@@ -70,10 +70,11 @@ def _point(point: dict) -> str:
 class Collected:
     """One scenario's collected runs, grouped the way the tables need them."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, order: list[str] | None = None):
         if not (root / "plan.json").is_file():
             raise UserError(f"{root}: no plan.json; collect the runs first (`llmemf report --spec FILE --collect`)")
         self.root = root
+        self.order = order or []  # row labels in the spec's order (the plan runs multi-seed rows first)
         self.plan = json.loads((root / "plan.json").read_text())
         self.results: dict[str, dict] = {}
         for rec in self.plan:
@@ -82,14 +83,15 @@ class Collected:
                 self.results[rec["run"]] = json.loads(path.read_text())
 
     def main_rows(self) -> dict[str, list[str]]:
-        """label -> run dirs of its selected point (one per seed), in plan order."""
+        """label -> run dirs of its selected point (one per seed), in the spec's row order."""
         rows: dict[str, list[str]] = {}
         for rec in self.plan:
             if rec["kind"] in ("grid", "own_grid", "seed"):
                 runs = rows.setdefault(rec["label"], [])
                 if rec["selected"] and rec["run"] in self.results and rec["run"] not in runs:
                     runs.append(rec["run"])
-        return {k: v for k, v in rows.items() if v}
+        rank = {label: i for i, label in enumerate(self.order)}
+        return {k: v for k, v in sorted(rows.items(), key=lambda kv: rank.get(kv[0], len(rank))) if v}
 
     def record(self, run: str) -> dict:
         return next(r for r in self.plan if r["run"] == run)
@@ -230,7 +232,7 @@ def _write(tables_dir: Path, stem: str, header: list[str], rows: list[list]) -> 
 def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None] = print) -> str:
     from llmemf.reporting.plots import sensitivity_plot
 
-    c = Collected(root)
+    c = Collected(root, [r.label for r in spec.rows])
     tables = root / "tables"
     parts = [f"## {spec.title}", ""]
     reused = f"reused from {Path(spec.reuse_selection).stem}" if spec.reuse_selection else ""

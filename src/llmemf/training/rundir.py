@@ -33,8 +33,12 @@ from omegaconf import OmegaConf
 
 from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.errors import UserError
+from llmemf.evaluation.ranks import RANKS_FILE
 from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from llmemf.models.base import check_model_params, model_class
+
+# What of a finished run is kept beside the code (results/<scenario>/): never a checkpoint.
+SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
 
 
 def load_checkpoint(path: Path) -> Any:
@@ -124,6 +128,43 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
         current = dataset_hash if dataset_hash is not None else dataset_hash_of(cfg.dataset)
         check_dataset(Path(run_dir), cfg.dataset, current, "retrain it with --fresh, or pass the dataset it was trained on")
     return same
+
+
+def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
+    """Make ``run_dir`` a finished run of ``cfg`` from ``kept``, a copy of a finished run's small files
+    (``llmemf report --collect`` keeps them in results/), when ``kept`` is this experiment on this data:
+    its config equals ``cfg`` up to where the dataset and the run directory live, and the content hash
+    its results recorded is ``dataset_hash``. So a spec resumed on a new machine, whose run directories
+    were lost, reuses the runs whose results the repository holds instead of training them again.
+    Returns False, changing nothing, when ``run_dir`` already has results or ``kept`` does not qualify."""
+    kept, run_dir = Path(kept), Path(run_dir)
+    if (run_dir / "results.json").exists() or not (kept / "results.json").is_file() or not (kept / "config.yaml").is_file():
+        return False
+    try:
+        recorded = json.loads((kept / "results.json").read_text()).get("dataset_content_hash", "")
+        stored = _relocated(load_run_config(kept / "config.yaml"), cfg)
+    except (ValueError, AttributeError):
+        return False
+    if not recorded or recorded != dataset_hash or not same_experiment(stored, cfg):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", RANKS_FILE):
+        if (kept / name).is_file():
+            atomic_write_bytes(run_dir / name, (kept / name).read_bytes())
+    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(cfg)).encode())
+    atomic_write_json(run_dir / "run.json", {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
+    atomic_write_bytes(run_dir / "results.json", (kept / "results.json").read_bytes())  # last: it marks the run finished
+    return True
+
+
+def _relocated(stored: RunConfig, cfg: RunConfig) -> RunConfig:
+    """``stored`` with ``cfg``'s dataset and run directory, and a path it names inside its own run
+    directory (Tri-CDR's ``init_from=OUT/pretrain``) moved into ``cfg``'s."""
+    model = dict(stored.model)
+    init = model.get("init_from")
+    if init and stored.out and Path(init).is_relative_to(stored.out):
+        model["init_from"] = str(Path(cfg.out) / Path(init).relative_to(stored.out))
+    return dataclasses.replace(stored, dataset=cfg.dataset, out=cfg.out, model=model)
 
 
 class RunDirConflict(UserError, RuntimeError):
