@@ -119,7 +119,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     shutil.rmtree(runs)
     _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/again.md")
     assert (tmp_path / "docs" / "again.md").read_text() == doc
-    # A new machine (run directories gone, results/ kept): the spec restores every run and trains none.
+    # A new machine (run directories gone, results/ kept): the estimate counts the collected runs as
+    # finished, and the spec restores every run and trains none.
+    estimate = _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
+    assert "estimated compute left: 0.00 h" in estimate, estimate
     third = _invoke("compare", "--spec", spec, "train.threads=1")
     assert "epoch   1" not in third and third.count("restored from") == 12
     assert json.loads((runs / "selection.json").read_text()) == selection

@@ -278,6 +278,11 @@ def results_dir(spec: Spec, root: str | Path = "results") -> Path:
     return Path(root) / spec.scenario
 
 
+def _finished(spec: Spec, sub: str, pattern: str) -> int:
+    """Runs under ``sub`` finished in the spec's out, or collected in results/ (restored when the spec runs)."""
+    return len({p.relative_to(root) for root in (Path(spec.out), results_dir(spec)) for p in (root / sub).glob(pattern)})
+
+
 def reused_selection(spec: Spec, run_overrides: list[str]) -> dict[str, dict]:
     """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/)."""
     other, _ = load_spec(spec.reuse_selection)
@@ -503,7 +508,7 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
         step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
         run_seconds[row.label] = seconds
         n = counts[row.label]
-        finished = sum(1 for _ in (Path(spec.out) / slug(row.label)).glob("*/seed*/results.json"))
+        finished = _finished(spec, slug(row.label), "*/seed*/results.json")
         left = seconds * max(n - finished, 0) / 3600
         total += left
         epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
@@ -513,7 +518,7 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
             base = spec.row(getattr(spec, extra).base)
             match = next(r for r in rows if r[0] == base.label)
             seconds = run_seconds[base.label]
-            finished = sum(1 for _ in (Path(spec.out) / extra).rglob("results.json"))
+            finished = _finished(spec, extra, "**/results.json")
             left = seconds * max(counts[extra] - finished, 0) / 3600
             total += left
             rows.append(
