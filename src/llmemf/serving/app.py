@@ -237,7 +237,7 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
         req = body.request()
         s.check(req)  # a bad request is answered now, never mixed into a batch
         result = await coalescers[body.run or names[0]].submit(req)
-        return answer(s, [result])[0]
+        return JSONResponse(answer(s, [result])[0])  # already JSON types: no jsonable_encoder pass
 
     @app.post("/v1/recommend/batch")
     async def recommend_batch(body: BatchBody):
@@ -246,7 +246,7 @@ def create_app(served: list[ServedModel], names: list[str] | None = None) -> Fas
             raise RequestError(f"one run per batch call, got {sorted(runs_used)}")
         s = run_of(runs_used.pop() if runs_used else None)
         results = await asyncio.to_thread(s.recommend_many, [b.request() for b in body.requests])
-        return {"results": answer(s, results)}
+        return JSONResponse({"results": answer(s, results)})
 
     @app.get("/v1/items")
     async def items(query: str = Query("", max_length=200), domain: str | None = None, limit: int = Query(20, ge=1, le=100)) -> list[dict[str, Any]]:

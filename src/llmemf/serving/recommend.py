@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,10 @@ class RecommendResult:
     cold_id: str | None = None  # the cold-start policy used (LLM-EMF), else None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = dict(vars(self))  # not dataclasses.asdict: its recursive deep copy is the slowest step of an answer
+        d["items"] = [dict(vars(i)) for i in self.items]
+        d["history"], d["unknown"] = list(self.history), list(self.unknown)
+        return d
 
 
 class ServedModel:
