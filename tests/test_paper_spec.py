@@ -171,3 +171,24 @@ def test_variants_of_one_model_are_compared_with_the_first_row(tiny_dataset, tmp
     table = (tmp_path / "results" / "variants" / "tables" / "significance_c2dsr.csv").read_text().splitlines()
     assert table[0].startswith("domain,row,its MRR,full MRR,difference %,Wilcoxon p")
     assert [r.split(",")[:2] for r in table[1:]] == [["X", "sampled"], ["Y", "sampled"]]
+
+
+def test_collect_keeps_runs_collected_earlier_and_a_spec_stopped_mid_grid_reports(tiny_dataset, tmp_path, monkeypatch):
+    """A spec resumed on a new machine has reached only some runs: collecting it must not drop the records of
+    runs collected before, and a report of a scenario whose first row has not finished its grid says so."""
+    spec = _spec(tmp_path, tiny_dataset)
+    monkeypatch.chdir(tmp_path)
+    only = ["strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1"]
+    _invoke("compare", "--spec", spec, "rows=[pop]", *only)
+    _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
+    shutil.rmtree(tmp_path / "runs")
+    _invoke("compare", "--spec", spec, "rows=[sasrec]", *only)
+    plan_path = tmp_path / "runs" / "plan.json"
+    plan = [{**r, "selected": False} for r in json.loads(plan_path.read_text())[:1]]  # stopped after one grid point
+    plan_path.write_text(json.dumps(plan))
+    text = _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
+    merged = json.loads((tmp_path / "results" / "tiny" / "plan.json").read_text())
+    assert {r["run"] for r in merged} == {plan[0]["run"], "pop/default/seed1"}
+    assert "pop" in (tmp_path / "docs" / "results.md").read_text() and "1 finished runs collected" in text
+    _invoke("report", "--spec", spec, "--collect", "--results", "fresh", "--doc", "docs/fresh.md")
+    assert "No row has finished its grid yet" in (tmp_path / "docs" / "fresh.md").read_text()

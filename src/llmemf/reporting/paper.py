@@ -27,14 +27,23 @@ PROTOCOLS = ("c2dsr", "full")
 
 
 def collect(runs_root: Path, dest: Path) -> int:
-    """Copy the spec's plan and every finished run's small files; returns how many runs were copied."""
+    """Copy the spec's plan and every finished run's small files; returns how many runs were copied.
+
+    The plan is merged, not replaced: a spec resumed on a new machine writes a plan of the runs it has
+    reached so far, and the runs collected on earlier machines (their files already in ``dest``) keep
+    their records until the spec reaches them again."""
     if not (runs_root / "plan.json").is_file():
         raise UserError(f"{runs_root}: no plan.json; run `llmemf compare --spec FILE` first (it writes one when it finishes)")
+    plan = json.loads((runs_root / "plan.json").read_text())
+    reached = {r["run"] for r in plan}
+    if (dest / "plan.json").is_file():
+        earlier = json.loads((dest / "plan.json").read_text())
+        plan += [r for r in earlier if r["run"] not in reached and (dest / r["run"] / "results.json").is_file()]
     for name in SPEC_FILES:
-        if (runs_root / name).is_file():
+        if name != "plan.json" and (runs_root / name).is_file():
             atomic_write_bytes(dest / name, (runs_root / name).read_bytes())
     n = 0
-    for run in sorted({r["run"] for r in json.loads((runs_root / "plan.json").read_text())}):
+    for run in sorted(reached):
         src = runs_root / run
         if not (src / "results.json").is_file():
             continue
@@ -42,6 +51,7 @@ def collect(runs_root: Path, dest: Path) -> int:
             if (src / name).is_file():
                 atomic_write_bytes(dest / run / name, (src / name).read_bytes())
         n += 1
+    atomic_write_bytes(dest / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())  # last: it indexes the files above
     return n
 
 
@@ -243,8 +253,10 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         + (f"The grid points are {reused}. " if reused else "")
         + "Test split, metrics in %, mean ± std over seeds."
     )
+    if not c.main_rows():  # a spec stopped before its first row's selection
+        parts += ["", "No row has finished its grid yet: the tables come once the first row's selected point has run."]
     ours = "llmemf" if "llmemf" in c.main_rows() else next((k for k, v in c.main_rows().items() if c.results[v[0]]["model"] == "llmemf"), "")
-    for protocol in PROTOCOLS:
+    for protocol in PROTOCOLS if c.main_rows() else ():
         header, rows = main_table(c, protocol, reused)
         _write(tables, f"main_{protocol}", header, rows)
         parts += ["", f"### Tables 2-3 layout, {protocol} protocol", "", to_markdown(header, rows)]
@@ -266,7 +278,7 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
                 "",
                 to_markdown(header, rows),
             ]
-    for protocol in PROTOCOLS:
+    for protocol in PROTOCOLS if c.main_rows() else ():
         header, rows = warm_cold_table(c, protocol)
         _write(tables, f"warm_cold_{protocol}", header, rows)
         parts += ["", f"### Warm and cold test targets, {protocol} protocol", "", "A target is cold when it never occurs in the training split.", ""]
