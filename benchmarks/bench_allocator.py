@@ -1,16 +1,19 @@
 """Kernel (sys) share of CPU time and step time of training steps under different malloc settings.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py DATASET_DIR [DATASET_DIR ...] [--steps 6] [--threads 1]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py DATASET_DIR [DATASET_DIR ...] [--steps 20] [--threads 1]
     PYTHONPATH=src .venv/bin/python benchmarks/bench_allocator.py . --probe   # no dataset: 128 MB blocks only
 
 Each (dataset, model, allocator setting) runs in a fresh child process (an allocator is chosen at
 process start), which times --steps training steps after 2 warm-up steps on length-bucketed
 batches of 256 and reports the user and sys CPU seconds of those steps (getrusage of the child).
 Settings: glibc as it is; glibc with tunables that keep freed memory in the heap
-(``llmemf.runtime.GLIBC_TUNABLES``), and the same set in-process by mallopt (the ``llmemf`` command's
-default); mimalloc from the cmeel-mimalloc wheel, default options and with purging off
-(``llmemf.runtime.MIMALLOC_ENV``, what LLMEMF_ALLOCATOR=mimalloc uses).
-Models: LLM-EMF ID only (full softmax) and SASRec, bf16 autocast where the CPU has native bf16.
+(``llmemf.runtime.GLIBC_TUNABLES``), and the same set in-process by mallopt (LLMEMF_ALLOCATOR=glibc);
+mimalloc from the cmeel-mimalloc wheel, default options and with purging off
+(``llmemf.runtime.MIMALLOC_ENV``: the ``llmemf`` command's default).
+Models (--models): ``llmemf``, LLM-EMF ID only in its default training (sampled softmax);
+``llmemf-full``, the same with the full softmax (``train_negatives=0``: the (rows x items) logits
+every step); ``sasrec`` (d 256). bf16 autocast where the CPU has native bf16; the optimizer
+``llmemf train`` uses (training.loop.make_optimizer, default train settings).
 Prints per setting the median wall seconds per step, its ratio to glibc's, CPU (user + sys) seconds per
 step (steadier than wall time on a loaded machine), sys / (user + sys), peak RSS.
 """
@@ -34,9 +37,11 @@ from llmemf import runtime
 def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     import torch
 
+    from llmemf.config import TrainConfig
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
     from llmemf.models.base import build_model
+    from llmemf.training.loop import make_optimizer
     from llmemf.training.trainer import cpu_has_native_bf16
 
     runtime.setup_allocator()  # only the "glibc mallopt" setting asks it to do something
@@ -46,9 +51,9 @@ def child(dataset: Path, model_name: str, steps: int, threads: int) -> None:
     all_batches = list(bundle.train.iter_batches(256, shuffle=True, seed=0, by_length=True))
     pick = np.linspace(0, len(all_batches) - 1, steps + 2).astype(int)
     batches = [all_batches[i] for i in pick]
-    params = {"modalities": ["id"]} if model_name == "llmemf" else {"hidden": 256}
-    model = build_model(model_name, params, bundle)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    params = {"llmemf": {"modalities": ["id"]}, "llmemf-full": {"modalities": ["id"], "train_negatives": 0}}.get(model_name, {"hidden": 256})
+    model = build_model(model_name.removesuffix("-full"), params, bundle)
+    opt = make_optimizer(model, TrainConfig())
     bf16 = cpu_has_native_bf16()
     times = []
     for i, batch in enumerate(batches):
@@ -133,9 +138,10 @@ def settings() -> list[tuple[str, dict[str, str]]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("datasets", type=Path, nargs="+")
-    ap.add_argument("--steps", type=int, default=6)
+    # a process faults in its heap over its first steps: fewer timed steps overstate the kernel share
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--models", default="llmemf,sasrec")
+    ap.add_argument("--models", default="llmemf,llmemf-full,sasrec")
     ap.add_argument("--settings", help="comma-separated setting labels to run (default: all)")
     ap.add_argument("--probe", action="store_true", help="only the allocation probe (128 MB blocks, main thread and another thread)")
     ap.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
@@ -152,7 +158,7 @@ def main() -> None:
         return
     print(f"load average at start {os.getloadavg()[0]:.1f} (a shared machine: ratios within a block are what to read)")
     cols = f"{'s/step':>7s} {'vs glibc':>8s} {'CPU s/step':>10s} {'user s':>7s} {'sys s':>7s} {'sys %':>6s} {'RSS MiB':>8s}"
-    print(f"{'dataset':14s} {'model':8s} {'setting':20s} {cols}")
+    print(f"{'dataset':14s} {'model':11s} {'setting':20s} {cols}")
     for ds in args.datasets:
         for model in args.models.split(","):
             base = None
@@ -165,14 +171,14 @@ def main() -> None:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
                 if proc.returncode or not line:
-                    print(f"{ds.name:14s} {model:8s} {label:20s} FAILED rc={proc.returncode}: {proc.stderr.strip()[-300:]}")
+                    print(f"{ds.name:14s} {model:11s} {label:20s} FAILED rc={proc.returncode}: {proc.stderr.strip()[-300:]}")
                     continue
                 r = json.loads(line[0][7:])
                 base = base or r["step_s"]
                 share = r["sys_s"] / max(r["user_s"] + r["sys_s"], 1e-9)
                 cpu = (r["user_s"] + r["sys_s"]) / r["steps"]
                 print(
-                    f"{ds.name:14s} {model:8s} {label:20s} {r['step_s']:7.3f} {r['step_s'] / base:8.2f} {cpu:10.2f} "
+                    f"{ds.name:14s} {model:11s} {label:20s} {r['step_s']:7.3f} {r['step_s'] / base:8.2f} {cpu:10.2f} "
                     f"{r['user_s']:7.1f} {r['sys_s']:7.1f} {100 * share:5.1f}% {r['rss_mib']:8.0f}",
                     flush=True,
                 )
