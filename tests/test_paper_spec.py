@@ -109,6 +109,7 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     ):
         assert part in doc
     assert "ID + titles + LLM text" in doc and "lr=" in doc
+    assert "has not finished" not in doc
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
     main = (tmp_path / "results" / "tiny" / "tables" / "main_c2dsr.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in main[1:]] == ["pop", "sasrec", "llmemf"]
@@ -189,6 +190,9 @@ def test_collect_keeps_runs_collected_earlier_and_a_spec_stopped_mid_grid_report
     text = _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
     merged = json.loads((tmp_path / "results" / "tiny" / "plan.json").read_text())
     assert {r["run"] for r in merged} == {plan[0]["run"], "pop/default/seed1"}
-    assert "pop" in (tmp_path / "docs" / "results.md").read_text() and "1 finished runs collected" in text
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert "pop" in doc and "1 finished runs collected" in text
+    # what is still to run is said above the tables (the spec as written: sasrec and llmemf get seeds 1 and 2)
+    assert "Still to run: sasrec (0 of 2 seeds), llmemf (0 of 2 seeds), ablation (0 of 2 runs), sensitivity (0 of 2 runs)." in doc
     _invoke("report", "--spec", spec, "--collect", "--results", "fresh", "--doc", "docs/fresh.md")
     assert "No row has finished its grid yet" in (tmp_path / "docs" / "fresh.md").read_text()

@@ -92,6 +92,10 @@ class Spec:
                 return r
         raise UserError(f"{self.path}: no row labelled {label!r} (rows: {', '.join(r.label for r in self.rows)})")
 
+    def run_counts(self) -> dict[str, int]:
+        """Runs per row label (and ablation / sensitivity): ``count_runs``."""
+        return count_runs(self)
+
     def seeds_of(self, row: Row) -> list[int]:
         every = row.all_seeds or row.model == "llmemf" or row.label in self.strongest
         return list(self.seeds) if every else list(self.seeds[:1])

@@ -255,6 +255,18 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
     )
     if not c.main_rows():  # a spec stopped before its first row's selection
         parts += ["", "No row has finished its grid yet: the tables come once the first row's selected point has run."]
+    pending = [
+        f"{r.label} ({len(c.main_rows().get(r.label, []))} of {len(spec.seeds_of(r))} seeds)"
+        for r in spec.rows
+        if len(c.main_rows().get(r.label, [])) < len(spec.seeds_of(r))
+    ]
+    planned = spec.run_counts()
+    for kind in ("ablation", "sensitivity"):
+        done = sum(1 for rec in c.plan if rec["kind"] == kind and rec["run"] in c.results)
+        if kind in planned and done < planned[kind]:
+            pending.append(f"{kind} ({done} of {planned[kind]} runs)")
+    if pending:
+        parts += ["", "**The spec has not finished**: the tables below hold the runs done so far. Still to run: " + ", ".join(pending) + "."]
     ours = "llmemf" if "llmemf" in c.main_rows() else next((k for k, v in c.main_rows().items() if c.results[v[0]]["model"] == "llmemf"), "")
     for protocol in PROTOCOLS if c.main_rows() else ():
         header, rows = main_table(c, protocol, reused)
