@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -62,8 +63,12 @@ def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None
     if not Path(spec.dataset).is_dir():
         raise UserError(f"--spec {path}: dataset {spec.dataset} is not a directory; prepare it or give dataset=DIR")
     typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
+    load = os.getloadavg()[0]
     header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
     note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
+    if load >= 0.5 * (os.cpu_count() or 1):
+        # steps timed beside other work are slower than the runs will be (docs/cost.md, "The paper specs")
+        note += f"\n(timed at load average {load:.1f} on {os.cpu_count()} cores: other work on the cores inflates these hours)"
     text = to_markdown(header, rows, note)
     typer.echo("\n" + text + f"\n\nestimated compute left: {hours:.2f} h")
     out = Path(spec.out)
