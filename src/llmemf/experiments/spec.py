@@ -368,6 +368,7 @@ def run_spec(
             q = _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
             execute(q)
             _mark_selected(plan, q.run)
+            write_plan()  # a seed collected before the next run ends counts as the selected point's
 
     def run_ablation(ab: Ablation) -> None:
         from llmemf.experiments.runner import ABLATIONS
