@@ -436,9 +436,9 @@ def _normalised(cfg: RunConfig) -> str:
 def time_steps(cfg: RunConfig, bundle, n_steps: int = 5) -> tuple[float, int]:
     """(mean seconds of one training step, steps per epoch) for a trainable model; for a closed-form one,
     (seconds of its fit, 1). The timed steps are spread evenly over one epoch's batches in the trainer's
-    order: batched by length, the first few batches of an epoch are not its average (on Food-Kitchen the
-    first five steps of LLM-EMF's full softmax took half an epoch's mean step), and an epoch costs the sum
-    of its steps, so the mean. One warm-up step is not counted."""
+    order: batched by length, the first few batches of an epoch are not its average (docs/cost.md,
+    "The paper specs"), and an epoch costs the sum of its steps, so the mean. One warm-up step is not
+    counted."""
     import torch
 
     from llmemf.models.base import build_model

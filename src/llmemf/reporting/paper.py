@@ -253,12 +253,13 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         + (f"The grid points are {reused}. " if reused else "")
         + "Test split, metrics in %, mean ± std over seeds."
     )
-    if not c.main_rows():  # a spec stopped before its first row's selection
+    main = c.main_rows()
+    if not main:  # a spec stopped before its first row's selection
         parts += ["", "No row has finished its grid yet: the tables come once the first row's selected point has run."]
     pending = [
-        f"{r.label} ({len(c.main_rows().get(r.label, []))} of {len(spec.seeds_of(r))} seeds)"
+        f"{r.label} ({len(main.get(r.label, []))} of {len(spec.seeds_of(r))} seeds)"
         for r in spec.rows
-        if len(c.main_rows().get(r.label, [])) < len(spec.seeds_of(r))
+        if len(main.get(r.label, [])) < len(spec.seeds_of(r))
     ]
     planned = spec.run_counts()
     for kind in ("ablation", "sensitivity"):
@@ -267,17 +268,17 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
             pending.append(f"{kind} ({done} of {planned[kind]} runs)")
     if pending:
         parts += ["", "**The spec has not finished**: the tables below hold the runs done so far. Still to run: " + ", ".join(pending) + "."]
-    ours = "llmemf" if "llmemf" in c.main_rows() else next((k for k, v in c.main_rows().items() if c.results[v[0]]["model"] == "llmemf"), "")
-    for protocol in PROTOCOLS if c.main_rows() else ():
+    ours = "llmemf" if "llmemf" in main else next((k for k, v in main.items() if c.results[v[0]]["model"] == "llmemf"), "")
+    for protocol in PROTOCOLS if main else ():
         header, rows = main_table(c, protocol, reused)
         _write(tables, f"main_{protocol}", header, rows)
         parts += ["", f"### Tables 2-3 layout, {protocol} protocol", "", to_markdown(header, rows)]
-        if any(c.results[v[0]]["model"] != "llmemf" for v in c.main_rows().values()):
+        if any(c.results[v[0]]["model"] != "llmemf" for v in main.values()):
             header, rows = significance_table(c, protocol, ours)
             pairs = f"{ours} against the baseline with the best mean test MRR per domain"
             title = "Paired significance"
         else:  # variants of one model: every row against the first
-            header, rows = against_reference_table(c, protocol, next(iter(c.main_rows()), ""))
+            header, rows = against_reference_table(c, protocol, next(iter(main), ""))
             pairs = f"each row against the first, {header[3].removesuffix(' MRR')}" if rows else ""
             title = "Paired comparison"
         if rows:
@@ -290,7 +291,7 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
                 "",
                 to_markdown(header, rows),
             ]
-    for protocol in PROTOCOLS if c.main_rows() else ():
+    for protocol in PROTOCOLS if main else ():
         header, rows = warm_cold_table(c, protocol)
         _write(tables, f"warm_cold_{protocol}", header, rows)
         parts += ["", f"### Warm and cold test targets, {protocol} protocol", "", "A target is cold when it never occurs in the training split.", ""]

@@ -148,7 +148,7 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
     if not recorded or recorded != dataset_hash or not same_experiment(stored, cfg):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.jsonl", RANKS_FILE):
+    for name in set(SMALL_FILES) - {"config.yaml", "results.json"}:  # those two are written below
         if (kept / name).is_file():
             atomic_write_bytes(run_dir / name, (kept / name).read_bytes())
     atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(cfg)).encode())
