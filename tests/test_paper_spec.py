@@ -3,8 +3,13 @@ extra seeds, resumability, the compute estimate, ranks on disk, and a report reb
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
@@ -196,3 +201,55 @@ def test_collect_keeps_runs_collected_earlier_and_a_spec_stopped_mid_grid_report
     assert "Still to run: sasrec (0 of 2 seeds), llmemf (0 of 2 seeds), ablation (0 of 2 runs), sensitivity (0 of 2 runs)." in doc
     _invoke("report", "--spec", spec, "--collect", "--results", "fresh", "--doc", "docs/fresh.md")
     assert "No row has finished its grid yet" in (tmp_path / "docs" / "fresh.md").read_text()
+
+
+def test_a_run_another_process_is_training_is_left_to_it_and_the_spec_goes_on(tiny_dataset, tmp_path):
+    """Several processes share a spec through the run directories' locks: a locked run is skipped, what does not
+    depend on it runs meanwhile, and the run is taken up once its lock is let go (here the other "process"
+    is this test holding the lock, and lets go when the spec says it has nothing else to do)."""
+    from llmemf.experiments.spec import load_spec, run_spec
+    from llmemf.io import file_lock
+
+    spec, run_overrides = load_spec(_spec(tmp_path, tiny_dataset), ["train.threads=1"])
+    held = tmp_path / "runs" / "sasrec" / "train.lr_0.01" / "seed1"
+    other_process = contextlib.ExitStack()
+    other_process.enter_context(file_lock(held / ".train.lock"))
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("waiting for runs other processes are training"):
+            other_process.close()
+
+    plan = run_spec(spec, run_overrides, log=log, poll_s=0)
+    assert sum("being trained by another process" in s for s in lines) == 1
+    waiting = next(i for i, s in enumerate(lines) if s.startswith("waiting for runs"))
+    assert "sasrec: " in lines[waiting] and "selection.json: the selection of sasrec" in lines[waiting]
+    trained = {s.split(" -> ")[1].split(" (")[0]: i for i, s in enumerate(lines) if " -> " in s}
+    assert trained[str(held)] > waiting  # taken up after the lock was let go
+    # everything that did not need sasrec's selection ran while it waited: pop, LLM-EMF, the ablation, the sweep
+    assert sum(i < waiting for i in trained.values()) == len(trained) - 2 == 10  # all but sasrec's lr 0.01 and seed 2
+    assert len({(r["kind"], r["label"], r["run"]) for r in plan}) == len(plan) == len(json.loads((tmp_path / "runs" / "plan.json").read_text()))
+    selection = json.loads((tmp_path / "runs" / "selection.json").read_text())
+    assert set(selection) == {"pop", "sasrec", "llmemf"}
+    assert sum(r["selected"] for r in plan if r["label"] == "sasrec") == 2  # the selected grid point and seed 2
+
+
+def test_two_workers_share_a_spec_and_train_each_run_once(tiny_dataset, tmp_path):
+    """`compare --spec --workers 2`: two real processes, each run trained by exactly one of them, both ending with every run."""
+    spec = _spec(tmp_path, tiny_dataset)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "llmemf.cli", "compare", "--spec", str(spec), "--workers", "2", "train.threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    trained = [s for s in lines if " -> " in s]
+    # Which process trains what depends on timing (here the first often finishes the tiny spec before the second
+    # has imported torch); what must hold is that each run is trained once and each process sees every run done.
+    for w in (1, 2):
+        assert sum(s.startswith(f"[worker {w}]") and (" -> " in s or "  reusing " in s) for s in lines) == 12, proc.stdout[-3000:]
+    runs = sorted(p.parent for p in (tmp_path / "runs").rglob("results.json"))
+    assert len(trained) == len(runs) == 12  # 12 distinct runs, each trained once
+    plan = json.loads((tmp_path / "runs" / "plan.json").read_text())
+    assert {str(tmp_path / "runs" / r["run"]) for r in plan} == {str(p) for p in runs}
+    assert set(json.loads((tmp_path / "runs" / "selection.json").read_text())) == {"pop", "sasrec", "llmemf"}

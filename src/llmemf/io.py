@@ -7,6 +7,8 @@ the new one, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -29,6 +31,21 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, wait: bool = True):
+    """An exclusive flock on ``path`` (created if missing) for the length of the block. With
+    ``wait=False`` a lock held elsewhere raises BlockingIOError at once. Held per open file, so two
+    processes (or two opens in one process) exclude each other; the OS drops it if the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

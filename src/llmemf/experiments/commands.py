@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -55,7 +56,22 @@ def _check_overrides(overrides: list[str]) -> None:
     load_config(None, overrides)
 
 
-def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None:
+def _spec_worker(path: Path, overrides: list[str], worker: int) -> None:
+    """One of ``compare --spec --workers N``'s processes after the first (a spawned child): the spec's
+    runs that no other process is training, until every run is finished."""
+    from llmemf import runtime
+    from llmemf.experiments.spec import load_spec, run_spec
+
+    runtime.setup_allocator()  # inherited from the first process under mimalloc; glibc's mallopt is per process
+    try:
+        spec, run_overrides = load_spec(path, overrides)
+        run_spec(spec, [*run_overrides, "train.progress=false"], log=lambda s: typer.echo(f"[worker {worker}] {s}"))
+    except UserError as e:  # the CLI's error policy, in this process
+        typer.secho(f"error: [worker {worker}] {e.one_line()}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+
+
+def _compare_spec(path: Path, overrides: list[str], estimate_only: bool, workers: int = 1) -> None:
     """`llmemf compare --spec FILE`: print the compute estimate, then run the spec resumably."""
     from llmemf.experiments.spec import estimate, load_spec, run_spec
 
@@ -77,7 +93,16 @@ def _compare_spec(path: Path, overrides: list[str], estimate_only: bool) -> None
     if estimate_only:
         return
     t0 = time.perf_counter()
-    plan = run_spec(spec, run_overrides, log=typer.echo)
+    # More processes than one share the spec's runs through the run directories' locks (run_spec);
+    # each should be given its share of the cores (train.threads).
+    children = [multiprocessing.get_context("spawn").Process(target=_spec_worker, args=(path, overrides, i)) for i in range(2, workers + 1)]
+    for child in children:
+        child.start()
+    plan = run_spec(spec, run_overrides, log=(lambda s: typer.echo(f"[worker 1] {s}")) if children else typer.echo)
+    for i, child in enumerate(children, start=2):
+        child.join()
+        if child.exitcode:
+            raise UserError(f"--spec {path}: worker {i} stopped with exit code {child.exitcode} (its error is above); run again to resume")
     typer.echo(f"\n{len(plan)} runs in {out} ({time.perf_counter() - t0:.0f}s this invocation); selection in {out}/selection.json")
     typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
 
@@ -105,6 +130,9 @@ def register(app: typer.Typer) -> None:
             None, "--spec", help="an experiment spec (experiments/*.yaml): key=value then overrides its fields or every run"
         ),
         estimate_only: bool = typer.Option(False, "--estimate-only", help="with --spec: print the estimated compute hours and stop"),
+        workers: int = typer.Option(
+            1, "--workers", min=1, help="with --spec: train N runs at once, in N processes (give each its share of the cores: train.threads=T)"
+        ),
         models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
         fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
@@ -119,7 +147,7 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare_configs
 
         if spec is not None:
-            return _compare_spec(spec, list(overrides or []), estimate_only)
+            return _compare_spec(spec, list(overrides or []), estimate_only, workers)
         if dataset is None:
             raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
         if nproc:

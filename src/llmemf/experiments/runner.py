@@ -19,7 +19,7 @@ from llmemf.distributed import setup
 from llmemf.errors import UserError
 from llmemf.models.base import check_model_params, model_class
 from llmemf.reporting.tables import load_results
-from llmemf.training.trainer import matches_stored_experiment, train
+from llmemf.training.trainer import matches_stored_experiment, run_dir_lock, train
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -65,6 +65,16 @@ def training_stages(cfg: RunConfig) -> list[RunConfig]:
     return [pre, main]
 
 
+def finished_run(out: Path, stage: RunConfig, data_hash: str) -> bool:
+    """Whether ``out`` holds ``stage``'s finished results on this data. Checked under the run directory's
+    lock, for several processes running one spec: a run another process is training raises RunDirBusy,
+    and one it finished a moment ago is seen finished rather than resumed and evaluated again."""
+    if not out.is_dir():
+        return False
+    with run_dir_lock(out):
+        return (out / "results.json").exists() and matches_stored_experiment(out, stage, dataset_hash=data_hash)
+
+
 def train_stages(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print):
     """Train every stage of ``cfg`` (training_stages); an earlier stage whose results match is reused.
     Returns the last stage's TrainResult."""
@@ -73,8 +83,7 @@ def train_stages(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool 
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     for stage in before:
         out = Path(stage.out)
-        data_hash = bundle.dataset.manifest.content_hash
-        if resume and (out / "results.json").exists() and matches_stored_experiment(out, stage, dataset_hash=data_hash):
+        if resume and finished_run(out, stage, bundle.dataset.manifest.content_hash):
             log(f"reusing the {stage.model_name} pre-training run {out}")
             continue
         log(f"pre-training stage -> {out}")
@@ -92,8 +101,7 @@ def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None],
     reuse: bool | Exception = False
     if world.is_main:
         try:
-            data_hash = bundle.dataset.manifest.content_hash
-            reuse = not fresh and (out / "results.json").exists() and matches_stored_experiment(out, final, dataset_hash=data_hash)
+            reuse = not fresh and finished_run(out, final, bundle.dataset.manifest.content_hash)
         except UserError as e:
             if not world.distributed:
                 raise

@@ -22,6 +22,7 @@ config matches, so an interrupted spec resumes where it stopped. ``plan.json`` l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import statistics
@@ -37,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llmemf.config import RunConfig, config_to_yaml
 from llmemf.errors import UserError
-from llmemf.io import atomic_write_bytes
+from llmemf.io import atomic_write_bytes, file_lock
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
 
@@ -302,19 +303,34 @@ def reused_selection(spec: Spec, run_overrides: list[str]) -> dict[str, dict]:
     )
 
 
+class _Waiting(Exception):
+    """A unit of the spec (a row, the ablation, ...) needs runs another process is training now, or a
+    selection that waits on them: it is tried again after the units that can go on."""
+
+
 def run_spec(
-    spec: Spec, run_overrides: list[str], log: Callable[[str], None] = print, train_fn: Callable[[RunConfig, Any], dict] | None = None
+    spec: Spec,
+    run_overrides: list[str],
+    log: Callable[[str], None] = print,
+    train_fn: Callable[[RunConfig, Any], dict] | None = None,
+    poll_s: float = 30.0,
 ) -> list[dict]:
-    """Run (or reuse) every run of the spec; returns and writes plan.json (one record per run)."""
+    """Run (or reuse) every run of the spec; returns and writes plan.json (one record per run).
+
+    Several processes may run one spec on one ``out`` together (``compare --spec --workers N``):
+    each run directory is locked while it trains, so a process skips a run another is training,
+    goes on with what does not depend on it, and comes back for it (polling every ``poll_s``
+    seconds when nothing else is left). Every process ends with every run finished."""
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
     from llmemf.experiments.runner import run_or_reuse, training_stages
-    from llmemf.training.rundir import restore_finished_run
+    from llmemf.training.rundir import RunDirBusy, restore_finished_run
 
     data = Dataset.load(spec.dataset)
     bundles: dict[int, DataBundle] = {}
     done: dict[str, tuple[dict, str]] = {}  # normalised config -> (results, run), so that one config trains once
-    plan: list[dict] = []
+    plan: dict[tuple, dict] = {}  # (kind, label, run) -> record, in the order first reached
+    busy: set[str] = set()  # runs found locked by another process and not finished since
     out = Path(spec.out)
 
     def execute(p: PlannedRun) -> dict:
@@ -325,21 +341,62 @@ def run_spec(
         else:
             if cfg.max_len not in bundles:
                 bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
-            log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
+            if p.run not in busy:
+                log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
             kept = results_dir(spec) / p.run
             if restore_finished_run(kept, Path(cfg.out), training_stages(cfg)[-1], data.manifest.content_hash):
                 log(f"  restored from {kept} (the same experiment on the same data, collected earlier)")
-            done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)
-        plan.append({**dataclasses.asdict(p), "selected": False})
+            try:
+                done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)
+            except RunDirBusy:
+                if p.run not in busy:
+                    log(f"  {cfg.out} is being trained by another process: going on without it")
+                busy.add(p.run)
+                raise
+            busy.discard(p.run)
+        plan.setdefault((p.kind, p.label, p.run), {**dataclasses.asdict(p), "selected": False})
         write_plan()  # after every run: an interrupted spec's finished runs can be collected and reported
         return done[key][0]
 
-    def write_plan() -> None:
-        atomic_write_bytes(out / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())
+    def execute_all(runs: list[PlannedRun], then: Callable[[PlannedRun], None] = lambda p: None) -> list[tuple[PlannedRun, dict]]:
+        """Each run executed (``then`` after each), those another process is training skipped; _Waiting
+        once the rest have run, if any was skipped."""
+        results, skipped = [], []
+        for p in runs:
+            try:
+                results.append((p, execute(p)))
+            except RunDirBusy:
+                skipped.append(p.run)
+                continue
+            then(p)
+        if skipped:
+            raise _Waiting(", ".join(skipped))
+        return results
+
+    def write_plan(final: bool = False) -> None:
+        """plan.json: this process's records, and until it has finished, the records of runs only another
+        process of the same spec has reached so far (read under a lock, so none is dropped)."""
+        records = list(plan.values())
+        with file_lock(out / ".plan.lock"):
+            if not final and (out / "plan.json").exists():
+                mine = {(r["kind"], r["label"], r["run"]) for r in records}
+                records += [r for r in json.loads((out / "plan.json").read_text()) if (r["kind"], r["label"], r["run"]) not in mine]
+            atomic_write_bytes(out / "plan.json", (json.dumps(records, indent=2, default=str) + "\n").encode())
+
+    def mark_selected(p: PlannedRun) -> None:
+        for r in plan.values():
+            if r["run"] == p.run:
+                r["selected"] = True
+        write_plan()  # a seed collected before the next run ends counts as the selected point's
 
     def best(runs: list[tuple[PlannedRun, dict]]) -> PlannedRun:
         protocol = _select_protocol(spec, runs[0][0])
         return max(runs, key=lambda pr: valid_score(pr[1], protocol))[0]
+
+    def selected_point(label: str) -> Point:
+        if label not in selection:
+            raise _Waiting(f"the selection of {label}")
+        return selection[label]["point"]
 
     selection: dict[str, dict] = {}
     chosen_prev = reused_selection(spec, run_overrides) if spec.reuse_selection else {}
@@ -350,74 +407,92 @@ def run_spec(
         if spec.reuse_selection:
             point = chosen_prev[row.label]["point"]
             sel = _point_run("grid", row, point, seed0, [*base, *point_overrides(point)])
-            execute(sel)
+            execute_all([sel])
         else:
             grid, own = row_search(spec, row, run_overrides)
-            sel = best([(p, execute(p)) for p in grid])
+            sel = best(execute_all(grid))
             if own:
+                points = [{**sel.point, **p.point} for p in own]
                 runs = [(sel, done[_normalised(sel.config(spec))][0])]
-                for p in own:
-                    point = {**sel.point, **p.point}
-                    q = _point_run("own_grid", row, point, seed0, [*base, *point_overrides(point)])
-                    runs.append((q, execute(q)))
+                runs += execute_all([_point_run("own_grid", row, pt, seed0, [*base, *point_overrides(pt)]) for pt in points])
                 sel = best(runs)
         selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
-        _mark_selected(plan, sel.run)
-        write_plan()
-        for seed in spec.seeds_of(row)[1:]:
-            q = _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
-            execute(q)
-            _mark_selected(plan, q.run)
-            write_plan()  # a seed collected before the next run ends counts as the selected point's
+        mark_selected(sel)
+        seeds = [
+            _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
+            for seed in spec.seeds_of(row)[1:]
+        ]
+        execute_all(seeds, then=mark_selected)
 
     def run_ablation(ab: Ablation) -> None:
         from llmemf.experiments.runner import ABLATIONS
 
         row = spec.row(ab.base)
-        base_point = point_overrides(selection[row.label]["point"])
+        base_point = point_overrides(selected_point(row.label))
         labels = list(ABLATIONS)
         rows = {labels[i - 1]: ABLATIONS[labels[i - 1]] for i in ab.table4} | dict(ab.extra)
-        for label, extra in rows.items():
-            for seed in ab.seeds:
-                ov = [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"]
-                execute(PlannedRun("ablation", label, row.model, {}, seed, f"ablation/{slug(label)}/seed{seed}", ov, config_name=row.config))
+        runs = [
+            PlannedRun(
+                "ablation",
+                label,
+                row.model,
+                {},
+                seed,
+                f"ablation/{slug(label)}/seed{seed}",
+                [*_common(spec, row, run_overrides), *base_point, *extra, f"seed={seed}"],
+                config_name=row.config,
+            )
+            for label, extra in rows.items()
+            for seed in ab.seeds
+        ]
+        execute_all(runs)
+
+    def write_selection() -> None:
+        for row in spec.rows:
+            selected_point(row.label)
+        atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
 
     def run_sensitivity(sens: Sensitivity) -> None:
         row = spec.row(sens.base)
-        sel_point = selection[row.label]["point"]
+        sel_point = selected_point(row.label)
+        runs = []
         for axis, values in sens.axes.items():
             for v in values:
                 point = {**sel_point, axis: v}
                 ov = [*_common(spec, row, run_overrides), *point_overrides(point), f"seed={sens.seed}"]
                 run = f"sensitivity/{slug(axis)}/{point_slug({axis: v})}"
-                execute(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, run, ov, config_name=row.config))
+                runs.append(PlannedRun("sensitivity", axis, row.model, {axis: v}, sens.seed, run, ov, config_name=row.config))
+        execute_all(runs)
 
     # What a reader compares first runs first, so that a spec stopped part way (a long one spans several
     # sessions) already answers it: the multi-seed rows (LLM-EMF's, then the strongest baselines'), the
     # ablation, the other baselines, the sensitivity sweeps.
     multi_seed = [r for r in spec.rows if len(spec.seeds_of(r)) > 1]
-    for row in sorted(multi_seed, key=lambda r: r.model != "llmemf"):
-        run_row(row)
+    first = sorted(multi_seed, key=lambda r: r.model != "llmemf")
+    units: list[tuple[str, Callable[[], None]]] = [(r.label, functools.partial(run_row, r)) for r in first]
     if spec.ablation:
-        run_ablation(spec.ablation)
-    for row in spec.rows:
-        if row not in multi_seed:
-            run_row(row)
-    atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
+        units.append(("ablation", functools.partial(run_ablation, spec.ablation)))
+    units += [(r.label, functools.partial(run_row, r)) for r in spec.rows if r not in multi_seed]
+    units.append(("selection.json", write_selection))
     if spec.sensitivity:
-        run_sensitivity(spec.sensitivity)
-    write_plan()
-    return plan
+        units.append(("sensitivity", functools.partial(run_sensitivity, spec.sensitivity)))
+    while units:
+        finished_before, waiting = len(done), []
+        for name, unit in units:
+            try:
+                unit()
+            except _Waiting as e:
+                waiting.append((name, unit, str(e)))
+        units = [(name, unit) for name, unit, _ in waiting]
+        if waiting and len(done) == finished_before:  # nothing moved: every unit left waits on another process
+            log(f"waiting for runs other processes are training ({'; '.join(f'{n}: {why}' for n, _, why in waiting)})")
+            time.sleep(poll_s)
+    write_plan(final=True)
+    return list(plan.values())
 
 
 def _select_protocol(spec: Spec, p: PlannedRun) -> str:
     return p.config(spec).eval.select_protocol
-
-
-def _mark_selected(plan: list[dict], run: str) -> None:
-    for r in plan:
-        if r["run"] == run:
-            r["selected"] = True
 
 
 def _normalised(cfg: RunConfig) -> str:

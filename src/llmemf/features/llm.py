@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -44,6 +43,7 @@ import pandas as pd
 
 from llmemf.features.prompts import PAPER_TEMPLATE, render_prompt, strip_reasoning
 from llmemf.features.store import FeatureError
+from llmemf.io import file_lock
 
 ENV_BASE_URL = "LLMEMF_OPENAI_BASE_URL"
 ENV_MODEL = "LLMEMF_OPENAI_MODEL"
@@ -410,17 +410,14 @@ def dataset_lock(dataset_root: str | Path, what: str):
     """An exclusive lock on ``DATASET/.<what>.lock`` for the length of a run: two enrich runs would send
     every prompt twice. Refused (FeatureError), not waited for; the OS drops it if the process dies."""
     path = Path(dataset_root) / f".{what}.lock"
-    with open(path, "a") as f:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(path, wait=False))
         except BlockingIOError:
             raise FeatureError(
                 f"{dataset_root}: another `llmemf {what}` is running on this dataset ({path} is locked); wait for it to finish"
             ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def _enrich(dataset_root: str | Path, ds, cfg: EnrichConfig, log: Callable[[str], None]) -> EnrichResult:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -34,7 +33,7 @@ from omegaconf import OmegaConf
 from llmemf.config import RunConfig, config_to_yaml, load_config
 from llmemf.errors import UserError
 from llmemf.evaluation.ranks import RANKS_FILE
-from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
+from llmemf.io import atomic_link, atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock, sha256_file
 from llmemf.models.base import check_model_params, model_class
 
 # What of a finished run is kept beside the code (results/<scenario>/): never a checkpoint.
@@ -180,15 +179,12 @@ def run_dir_lock(run_dir: Path):
     """An exclusive lock on a run directory for the length of a training: two processes writing
     the same checkpoints and metrics log would interleave their epochs. Released by the OS if
     the process dies, so a killed run never leaves a stale lock."""
-    with open(Path(run_dir) / ".train.lock", "a") as f:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(Path(run_dir) / ".train.lock", wait=False))
         except BlockingIOError:
             raise RunDirBusy(f"{run_dir} is being trained by another process; wait for it or use another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 class MetricsLog:
