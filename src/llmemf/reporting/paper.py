@@ -338,7 +338,12 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         "",
         "### Compute",
         "",
-        to_markdown(header, rows, "(wall hours of every run of the spec, over all its resumes, on the machine that ran it)"),
+        to_markdown(
+            header,
+            rows,
+            "(wall hours of every run of the spec, over all its resumes, on the machine that ran it; runs trained side by side "
+            "by `compare --spec --workers` overlap, so their total exceeds the elapsed time)",
+        ),
     ]
     log(f"{spec.title}: {len(c.results)} runs read from {root}")
     return "\n".join(parts)
