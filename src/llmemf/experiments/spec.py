@@ -17,6 +17,7 @@ rows and the sensitivity sweeps: a spec stopped part way has its headline compar
 A spec with ``reuse_selection`` (Movie-Book) searches nothing: every row runs the point another
 spec selected (its ``selection.json``). Every run is an ordinary run directory, reused when its
 config matches, so an interrupted spec resumes where it stopped. ``plan.json`` lists every run.
+Several processes can run one spec together (``compare --spec --workers N``; see ``run_spec``).
 """
 
 from __future__ import annotations
