@@ -253,3 +253,31 @@ def test_two_workers_share_a_spec_and_train_each_run_once(tiny_dataset, tmp_path
     plan = json.loads((tmp_path / "runs" / "plan.json").read_text())
     assert {str(tmp_path / "runs" / r["run"]) for r in plan} == {str(p) for p in runs}
     assert set(json.loads((tmp_path / "runs" / "selection.json").read_text())) == {"pop", "sasrec", "llmemf"}
+
+
+def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, tmp_path):
+    """Movie-Book starts before Food-Kitchen ends: the rows Food-Kitchen has selected run, the others (and what
+    depends on them) are named in one error line, and the next invocation trains only those."""
+    spec = _spec(tmp_path, tiny_dataset)
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        f"scenario: tiny2\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs2'}\nepochs: 1\npatience: 1\n"
+        f"overrides: [train.progress=false, eval.n_negatives=30]\nreuse_selection: {spec}\n"
+        "rows: [pop, {label: sasrec, model: sasrec, overrides: [model.hidden=16]}]\n"
+    )
+    _invoke("compare", "--spec", spec, "rows=[pop,sasrec]", "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    full = json.loads((tmp_path / "runs" / "selection.json").read_text())
+    assert set(full) == {"pop", "sasrec"}  # written after each row, complete at the end
+    (tmp_path / "runs" / "selection.json").write_text(json.dumps({"pop": full["pop"]}))  # as if sasrec were still searching
+    res = CliRunner().invoke(app, ["compare", "--spec", str(other), "train.threads=1"])
+    assert res.exit_code == 2, res.output
+    assert "not run: sasrec, because" in res.output and "no selected point for sasrec yet" in res.output
+    assert (tmp_path / "runs2" / "pop" / "default" / "seed1" / "results.json").exists()
+    assert not (tmp_path / "runs2" / "sasrec").exists()
+    (tmp_path / "runs" / "selection.json").write_text(json.dumps(full))
+    again = _invoke("compare", "--spec", other, "train.threads=1")
+    assert again.count("  reusing ") == 1 and "sasrec -> " in again
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(other.read_text().replace("label: sasrec", "label: gru4rec"))
+    res = CliRunner().invoke(app, ["compare", "--spec", str(bad)])
+    assert res.exit_code == 2 and "['gru4rec'] are not rows of" in res.output

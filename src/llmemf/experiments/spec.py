@@ -288,16 +288,16 @@ def _finished(spec: Spec, sub: str, pattern: str) -> int:
     return len({p.relative_to(root) for root in (Path(spec.out), results_dir(spec)) for p in (root / sub).glob(pattern)})
 
 
-def reused_selection(spec: Spec, run_overrides: list[str]) -> dict[str, dict]:
-    """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/)."""
+def reused_selection(spec: Spec, run_overrides: list[str]) -> tuple[dict[str, dict], Path]:
+    """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/), and
+    the file they came from. A spec still running has selected only some of its rows so far."""
     other, _ = load_spec(spec.reuse_selection)
+    unknown = [r.label for r in spec.rows if r.label not in {o.label for o in other.rows}]
+    if unknown:
+        raise UserError(f"{spec.path}: row(s) {unknown} are not rows of {other.path}, whose selection it reuses; add them there and run it first")
     for path in (selection_file(other), results_dir(other) / "selection.json"):
         if path.is_file():
-            chosen = json.loads(path.read_text())
-            missing = [r.label for r in spec.rows if r.label not in chosen]
-            if missing:
-                raise UserError(f"{path}: no selected point for row(s) {missing}; add them to {other.path} and run it first")
-            return chosen
+            return json.loads(path.read_text()), path
     raise UserError(
         f"reuse_selection={spec.reuse_selection}: its selection is not there yet "
         f"({selection_file(other)} or {results_dir(other) / 'selection.json'}); run `llmemf compare --spec {other.path}` first"
@@ -307,6 +307,11 @@ def reused_selection(spec: Spec, run_overrides: list[str]) -> dict[str, dict]:
 class _Waiting(Exception):
     """A unit of the spec (a row, the ablation, ...) needs runs another process is training now, or a
     selection that waits on them: it is tried again after the units that can go on."""
+
+
+class _NotSelected(Exception):
+    """A unit needs a point the spec named by ``reuse_selection`` has not selected yet: it is left out of
+    this invocation (nothing here can select it), and the spec ends with an error naming it."""
 
 
 def run_spec(
@@ -395,17 +400,32 @@ def run_spec(
         return max(runs, key=lambda pr: valid_score(pr[1], protocol))[0]
 
     def selected_point(label: str) -> Point:
+        if label in not_selected:
+            raise _NotSelected(label)
         if label not in selection:
             raise _Waiting(f"the selection of {label}")
         return selection[label]["point"]
 
+    def write_selection(complete: bool = False) -> None:
+        """selection.json after every row's selection, so that a spec reusing it can start before this one
+        ends: this process's, and until it is complete, the rows only another process has selected so far."""
+        chosen = dict(selection)
+        with file_lock(out / ".plan.lock"):
+            if not complete and selection_file(spec).exists():
+                chosen = json.loads(selection_file(spec).read_text()) | chosen
+            atomic_write_bytes(selection_file(spec), (json.dumps(chosen, indent=2) + "\n").encode())
+
     selection: dict[str, dict] = {}
-    chosen_prev = reused_selection(spec, run_overrides) if spec.reuse_selection else {}
+    chosen_prev, chosen_from = reused_selection(spec, run_overrides) if spec.reuse_selection else ({}, None)
+    not_selected: list[str] = []  # rows the reused selection lacks
 
     def run_row(row: Row) -> None:
         seed0 = spec.seeds[0]
         base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
         if spec.reuse_selection:
+            if row.label not in chosen_prev:
+                not_selected.append(row.label)
+                raise _NotSelected(row.label)
             point = chosen_prev[row.label]["point"]
             sel = _point_run("grid", row, point, seed0, [*base, *point_overrides(point)])
             execute_all([sel])
@@ -419,6 +439,7 @@ def run_spec(
                 sel = best(runs)
         selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
         mark_selected(sel)
+        write_selection()
         seeds = [
             _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
             for seed in spec.seeds_of(row)[1:]
@@ -448,10 +469,10 @@ def run_spec(
         ]
         execute_all(runs)
 
-    def write_selection() -> None:
+    def complete_selection() -> None:
         for row in spec.rows:
             selected_point(row.label)
-        atomic_write_bytes(selection_file(spec), (json.dumps(selection, indent=2) + "\n").encode())
+        write_selection(complete=True)
 
     def run_sensitivity(sens: Sensitivity) -> None:
         row = spec.row(sens.base)
@@ -474,9 +495,10 @@ def run_spec(
     if spec.ablation:
         units.append(("ablation", functools.partial(run_ablation, spec.ablation)))
     units += [(r.label, functools.partial(run_row, r)) for r in spec.rows if r not in multi_seed]
-    units.append(("selection.json", write_selection))
+    units.append(("selection.json", complete_selection))
     if spec.sensitivity:
         units.append(("sensitivity", functools.partial(run_sensitivity, spec.sensitivity)))
+    left_out: list[str] = []  # units that need a selection the reused spec has not made yet
     while units:
         finished_before, waiting = len(done), []
         for name, unit in units:
@@ -484,11 +506,20 @@ def run_spec(
                 unit()
             except _Waiting as e:
                 waiting.append((name, unit, str(e)))
+            except _NotSelected:
+                if name != "selection.json":
+                    left_out.append(name)
         units = [(name, unit) for name, unit, _ in waiting]
         if waiting and len(done) == finished_before:  # nothing moved: every unit left waits on another process
             log(f"waiting for runs other processes are training ({'; '.join(f'{n}: {why}' for n, _, why in waiting)})")
             time.sleep(poll_s)
     write_plan(final=True)
+    if left_out:
+        raise UserError(
+            f"{spec.path}: not run: {', '.join(left_out)}, because {chosen_from} has no selected point for "
+            f"{', '.join(not_selected)} yet; run `llmemf compare --spec {spec.reuse_selection}` further (and "
+            "`llmemf report --collect` it), then this command again: the runs done now are reused"
+        )
     return list(plan.values())
 
 
