@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,26 @@ def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, 
     bad.write_text(other.read_text().replace("label: sasrec", "label: gru4rec"))
     res = CliRunner().invoke(app, ["compare", "--spec", str(bad)])
     assert res.exit_code == 2 and "['gru4rec'] are not rows of" in res.output
+
+
+def test_stopping_the_first_worker_stops_the_others(tiny_dataset, tmp_path):
+    """SIGTERM to `compare --spec --workers 2` ends its second process too (no orphan keeps training): the
+    output pipe closes only when every process holding it has exited."""
+    spec = _spec(tmp_path, tiny_dataset)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    # one row whose two grid points each train long enough to be interrupted
+    long = ["rows=[sasrec]", "strongest=[]", "ablation=null", "sensitivity=null", "epochs=100000", "patience=100000"]
+    cmd = [sys.executable, "-m", "llmemf.cli", "compare", "--spec", str(spec), "--workers", "2", "train.threads=1", *long]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("[worker 2]   training steps"):
+                break
+        assert seen and seen[-1].startswith("[worker 2]"), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]  # returns once every writer of the pipe is gone
+        assert proc.returncode != 0 and "Traceback" not in rest
+    finally:
+        proc.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def _check_overrides(overrides: list[str]) -> None:
     load_config(None, overrides)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _spec_worker(path: Path, overrides: list[str], worker: int) -> None:
     """One of ``compare --spec --workers N``'s processes after the first (a spawned child): the spec's
     runs that no other process is training, until every run is finished."""
@@ -96,13 +101,22 @@ def _compare_spec(path: Path, overrides: list[str], estimate_only: bool, workers
     # More processes than one share the spec's runs through the run directories' locks (run_spec);
     # each should be given its share of the cores (train.threads).
     children = [multiprocessing.get_context("spawn").Process(target=_spec_worker, args=(path, overrides, i)) for i in range(2, workers + 1)]
-    for child in children:
-        child.start()
-    plan = run_spec(spec, run_overrides, log=(lambda s: typer.echo(f"[worker 1] {s}")) if children else typer.echo)
-    for i, child in enumerate(children, start=2):
-        child.join()
-        if child.exitcode:
-            raise UserError(f"--spec {path}: worker {i} stopped with exit code {child.exitcode} (its error is above); run again to resume")
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if children else None
+    try:
+        for child in children:
+            child.start()
+        plan = run_spec(spec, run_overrides, log=(lambda s: typer.echo(f"[worker 1] {s}")) if children else typer.echo)
+        for i, child in enumerate(children, start=2):
+            child.join()
+            if child.exitcode:
+                raise UserError(f"--spec {path}: worker {i} stopped with exit code {child.exitcode} (its error is above); run again to resume")
+    finally:  # stopped, or failed: the other workers stop with it (each run they had begun resumes from its checkpoint)
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+                child.join()
+        if children:
+            signal.signal(signal.SIGTERM, previous)
     typer.echo(f"\n{len(plan)} runs in {out} ({time.perf_counter() - t0:.0f}s this invocation); selection in {out}/selection.json")
     typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
 
