@@ -12,11 +12,13 @@ GFLOP/s and its share of the matmul peak of the same dtype measured first in thi
 sys CPU seconds of the timed steps (getrusage) with sys's share, and the child's peak RSS.
 
 Variants: LLM-EMF with every modality (full softmax and sampled at the features' own widths, fp32 and
-bf16; with --frozen-width W also both in bf16 with the frozen features projected to W principal
-components; and LLM-EMF's default mode, fp32 and bf16), LLM-EMF ID only with the full softmax (bf16),
-SASRec (fp32, bf16), and with --official-c2dsr the official C2DSR code (a checkout of cjx96/C2DSR
-holding C2DSR_src/, never copied here): its train_rec.py defaults on the CPU, where ``Tensor.cuda``
-is made a no-op at run time and the dataset is written to a temporary directory in
+bf16; "its softmax alone": the full softmax's logits, cross-entropy and backward without the encoders
+(their queries computed before the timed steps), for its share of the matmul peak; with --frozen-width W
+also both in bf16 with the frozen features projected to W principal components; and LLM-EMF's default
+mode, fp32 and bf16), LLM-EMF ID only with the full softmax (bf16), SASRec (fp32, bf16), and with
+--official-c2dsr the official C2DSR code (a checkout of cjx96/C2DSR holding C2DSR_src/, never copied
+here): its train_rec.py defaults on the CPU, where ``Tensor.cuda`` is made a no-op at run time and the
+dataset is written to a temporary directory in
 its file format (Alist/Blist, traindata_new.txt); nothing in the checkout is edited.
 
 If the dataset has no ``img`` / ``txt_llm`` features, random 512-d unit features stand in for the
@@ -116,7 +118,36 @@ def pick(items: list, steps: int) -> list:
     return chosen[:2] + [mid] + chosen[2:]
 
 
-def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int) -> dict:
+def softmax_steps(model, batches: list, bf16: bool) -> tuple[list, object]:
+    """The full softmax's own work in LLM-EMF's training step, apart from its encoders: per batch, the nine
+    encoders' queries are computed first (not timed) as leaves, and the timed step is the logits of every
+    target against its domain's items, the cross-entropy and their backward (to the queries and the ID table)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    prepared = []
+    for batch in batches:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            q_all = model._fused_queries(model.encode(batch, last_only=False))
+        width = batch.xy.shape[1]
+        targets = torch.stack([F.pad(t, (width - t.shape[1], 0), value=model.pad_id) for t in (batch.x_target, batch.y_target, batch.xy_target)])
+        prepared.append(({m: v.detach().requires_grad_() for m, v in q_all.items()}, targets))
+
+    def step(item) -> None:
+        q_all, targets = item
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            total = 0.0
+            for lo, hi in model.domain_ranges:
+                sel = (targets >= lo) & (targets < hi)
+                logits = model._domain_scores({m: qm[sel] for m, qm in q_all.items()}, lo, hi)
+                total = total + F.cross_entropy(logits.float(), targets[sel] - lo, reduction="sum")
+        total.backward()
+
+    return prepared, step
+
+
+def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int, softmax_only: bool = False) -> dict:
     import torch
 
     from llmemf.config import TrainConfig
@@ -138,7 +169,11 @@ def child_ours(root: Path, model_name: str, params: dict, bf16: bool, steps: int
         loss.backward()
         opt.step()
 
-    out = time_steps(step, pick(all_batches, steps))
+    if softmax_only:
+        prepared, softmax_step = softmax_steps(model, pick(all_batches, steps), bf16)
+        out = time_steps(softmax_step, prepared)
+    else:
+        out = time_steps(step, pick(all_batches, steps))
     out["n_batches"] = len(all_batches)
     return out
 
@@ -167,6 +202,7 @@ def variants(negatives: int, frozen_width: int) -> list[dict]:
     for bf16 in (False, True):
         full = {"train_negatives": 0, "frozen_width": 0}
         out.append({"label": "llmemf all, full", "model": "llmemf", "params": full, "bf16": bf16, "group": "llmemf"})
+        out.append({"label": "  its softmax alone", "model": "llmemf", "params": full, "bf16": bf16, "group": "llmemf", "softmax_only": True})
         sampled = {"train_negatives": negatives, "frozen_width": 0}
         out.append({"label": f"llmemf all, sampled {negatives}", "model": "llmemf", "params": sampled, "bf16": bf16, "group": "llmemf"})
     if frozen_width:
@@ -199,7 +235,7 @@ def main() -> None:
         if spec["model"] == "official":
             result = child_official(Path(spec["checkout"]), args.dataset, args.steps)
         else:
-            result = child_ours(Path(spec["root"]), spec["model"], spec["params"], spec["bf16"], args.steps)
+            result = child_ours(Path(spec["root"]), spec["model"], spec["params"], spec["bf16"], args.steps, spec.get("softmax_only", False))
         print("RESULT " + json.dumps(result))
         return
 
