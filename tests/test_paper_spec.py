@@ -276,8 +276,10 @@ def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, 
     assert (tmp_path / "runs2" / "pop" / "default" / "seed1" / "results.json").exists()
     assert not (tmp_path / "runs2" / "sasrec").exists()
     (tmp_path / "runs" / "selection.json").write_text(json.dumps(full))
-    again = _invoke("compare", "--spec", other, "train.threads=1")
+    estimate = (tmp_path / "runs2" / "estimate.md").read_text()
+    again = _invoke("compare", "--spec", other, "--no-estimate", "train.threads=1")  # a resume need not time every row again
     assert again.count("  reusing ") == 1 and "sasrec -> " in again
+    assert "timing a few training steps" not in again and (tmp_path / "runs2" / "estimate.md").read_text() == estimate
     bad = tmp_path / "bad.yaml"
     bad.write_text(other.read_text().replace("label: sasrec", "label: gru4rec"))
     res = CliRunner().invoke(app, ["compare", "--spec", str(bad)])

@@ -61,6 +61,23 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def _write_estimate(spec, run_overrides: list[str], out: Path) -> None:
+    """Time each row's steps, print the spec's compute hours and write them to OUT/estimate.md."""
+    from llmemf.experiments.spec import estimate
+
+    typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
+    load = os.getloadavg()[0]
+    header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
+    note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
+    if load >= 0.5 * (os.cpu_count() or 1):
+        # steps timed beside other work are slower than the runs will be (docs/cost.md, "The paper specs")
+        note += f"\n(timed at load average {load:.1f} on {os.cpu_count()} cores: other work on the cores inflates these hours)"
+    text = to_markdown(header, rows, note)
+    typer.echo("\n" + text + f"\n\nestimated compute left: {hours:.2f} h")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "estimate.md", (text + f"\n\nestimated compute left: {hours:.2f} h\n").encode())
+
+
 def _spec_worker(path: Path, overrides: list[str], worker: int) -> None:
     """One of ``compare --spec --workers N``'s processes after the first (a spawned child): the spec's
     runs that no other process is training, until every run is finished."""
@@ -76,25 +93,18 @@ def _spec_worker(path: Path, overrides: list[str], worker: int) -> None:
         raise SystemExit(2) from None
 
 
-def _compare_spec(path: Path, overrides: list[str], estimate_only: bool, workers: int = 1) -> None:
+def _compare_spec(path: Path, overrides: list[str], estimate_only: bool, workers: int = 1, no_estimate: bool = False) -> None:
     """`llmemf compare --spec FILE`: print the compute estimate, then run the spec resumably."""
-    from llmemf.experiments.spec import estimate, load_spec, run_spec
+    from llmemf.experiments.spec import load_spec, run_spec
 
     spec, run_overrides = load_spec(path, overrides)
     if not Path(spec.dataset).is_dir():
         raise UserError(f"--spec {path}: dataset {spec.dataset} is not a directory; prepare it or give dataset=DIR")
-    typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
-    load = os.getloadavg()[0]
-    header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
-    note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
-    if load >= 0.5 * (os.cpu_count() or 1):
-        # steps timed beside other work are slower than the runs will be (docs/cost.md, "The paper specs")
-        note += f"\n(timed at load average {load:.1f} on {os.cpu_count()} cores: other work on the cores inflates these hours)"
-    text = to_markdown(header, rows, note)
-    typer.echo("\n" + text + f"\n\nestimated compute left: {hours:.2f} h")
+    if estimate_only and no_estimate:
+        raise UserError("--estimate-only with --no-estimate: choose one")
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "estimate.md", (text + f"\n\nestimated compute left: {hours:.2f} h\n").encode())
+    if not no_estimate:
+        _write_estimate(spec, run_overrides, out)
     if estimate_only:
         return
     t0 = time.perf_counter()
@@ -144,6 +154,9 @@ def register(app: typer.Typer) -> None:
             None, "--spec", help="an experiment spec (experiments/*.yaml): key=value then overrides its fields or every run"
         ),
         estimate_only: bool = typer.Option(False, "--estimate-only", help="with --spec: print the estimated compute hours and stop"),
+        no_estimate: bool = typer.Option(
+            False, "--no-estimate", help="with --spec: resume without timing every row first (OUT/estimate.md stays as it was)"
+        ),
         workers: int = typer.Option(
             1, "--workers", min=1, help="with --spec: train N runs at once, in N processes (give each its share of the cores: train.threads=T)"
         ),
@@ -161,7 +174,7 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare_configs
 
         if spec is not None:
-            return _compare_spec(spec, list(overrides or []), estimate_only, workers)
+            return _compare_spec(spec, list(overrides or []), estimate_only, workers, no_estimate)
         if dataset is None:
             raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
         if nproc:
