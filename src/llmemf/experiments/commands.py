@@ -131,9 +131,9 @@ def _compare_spec(path: Path, overrides: list[str], estimate_only: bool, workers
     typer.echo(f"next: `llmemf report --spec {path} --collect` copies their small files into results/ and writes docs/results.md")
 
 
-def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, overrides: list[str]) -> None:
+def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, overrides: list[str], readme: Path | None = None) -> None:
     from llmemf.experiments.spec import load_spec
-    from llmemf.reporting.paper import build_report
+    from llmemf.reporting.paper import build_report, headline, write_headline
     from llmemf.reporting.paper import collect as collect_runs
 
     specs = [load_spec(p, overrides)[0] for p in paths]
@@ -141,9 +141,12 @@ def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, ove
         for s in specs:
             n = collect_runs(Path(s.out), results / s.scenario)
             typer.echo(f"{s.title}: {n} finished runs collected from {s.out} into {results / s.scenario}")
-    commands = ["llmemf report " + " ".join(f"--spec {p}" for p in paths)]
-    path = build_report(specs, results, doc, commands, log=typer.echo)
+    command = "llmemf report " + " ".join(f"--spec {p}" for p in paths)
+    path = build_report(specs, results, doc, [command], log=typer.echo)
     typer.echo(f"wrote {path}; CSVs in " + ", ".join(str(results / s.scenario / "tables") for s in specs))
+    if readme is not None:
+        write_headline(readme, headline(specs, results, doc, f"{command} --readme {readme}"))
+        typer.echo(f"wrote the headline tables into {readme}")
 
 
 def register(app: typer.Typer) -> None:
@@ -288,13 +291,14 @@ def register(app: typer.Typer) -> None:
         results: Path = typer.Option(Path("results"), "--results", help="with --spec: where collected runs live"),
         doc: Path = typer.Option(Path("docs/results.md"), "--doc", help="with --spec: the Markdown report"),
         overrides: list[str] = typer.Option(None, "--set", help="with --spec: key=value for the spec (out=DIR, dataset=DIR)"),
+        readme: Path | None = typer.Option(None, "--readme", help="with --spec: one headline table per scenario between this file's markers"),
     ) -> None:
         """Tables (Markdown + CSV, the paper's layout) and training curves (PNG) for finished runs;
         with --spec, docs/results.md: tables 2-4, significance, warm/cold targets, figure 5."""
         from llmemf.reporting.plots import training_curves
 
         if spec:
-            return _report_spec(list(spec), collect, results, doc, list(overrides or []))
+            return _report_spec(list(spec), collect, results, doc, list(overrides or []), readme)
         if not runs:
             raise UserError("report: give run directories, or --spec FILE")
         loaded = {}
