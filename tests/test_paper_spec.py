@@ -48,7 +48,7 @@ ablation:
 sensitivity:
   base: llmemf
   axes:
-    model.beta: [0.0, 1.0]
+    model.beta: [0.0, 0.1]
 """
 
 
@@ -99,7 +99,7 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     assert a["users_sha"] == b["users_sha"] and len(a["ranks"]) == len(a["cold"]) > 0
     # A second invocation trains nothing.
     second = _invoke("compare", "--spec", spec, "train.threads=1")
-    assert "epoch   1" not in second and second.count("reusing") == 12
+    assert "epoch   1" not in second and second.count("reusing") == 11
 
     monkeypatch.chdir(tmp_path)
     _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
@@ -117,11 +117,14 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     assert "ID + titles + LLM text" in doc and "lr=" in doc
     assert "has not finished" not in doc
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
+    sens = (tmp_path / "results" / "tiny" / "tables" / "sensitivity.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in sens[1:]] == [["model.beta", "0"], ["model.beta", "0.1"]]  # the selected point at its beta
     main = (tmp_path / "results" / "tiny" / "tables" / "main_c2dsr.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in main[1:]] == ["pop", "sasrec", "llmemf"]
     assert not list((tmp_path / "results").rglob("*.pt"))  # never checkpoints
     cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
-    assert cost[-1].startswith("total,12,")  # 12 distinct runs (one own-grid point equals a grid point)
+    # 11 distinct runs: one own-grid point equals a grid point, and beta 0.1 in the sweep is the selected point
+    assert cost[-1].startswith("total,11,")
     # The report rebuilds from results/ alone, number for number, and writes the README's headline table.
     shutil.rmtree(runs)
     readme = tmp_path / "README.md"
@@ -141,7 +144,7 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     estimate = _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
     assert "estimated compute left: 0.00 h" in estimate, estimate
     third = _invoke("compare", "--spec", spec, "train.threads=1")
-    assert "epoch   1" not in third and third.count("restored from") == 12
+    assert "epoch   1" not in third and third.count("restored from") == 11
     assert json.loads((runs / "selection.json").read_text()) == selection
 
 
@@ -239,7 +242,7 @@ def test_a_run_another_process_is_training_is_left_to_it_and_the_spec_goes_on(ti
     trained = {s.split(" -> ")[1].split(" (")[0]: i for i, s in enumerate(lines) if " -> " in s}
     assert trained[str(held)] > waiting  # taken up after the lock was let go
     # everything that did not need sasrec's selection ran while it waited: pop, LLM-EMF, the ablation, the sweep
-    assert sum(i < waiting for i in trained.values()) == len(trained) - 2 == 10  # all but sasrec's lr 0.01 and seed 2
+    assert sum(i < waiting for i in trained.values()) == len(trained) - 2 == 9  # all but sasrec's lr 0.01 and seed 2
     assert len({(r["kind"], r["label"], r["run"]) for r in plan}) == len(plan) == len(json.loads((tmp_path / "runs" / "plan.json").read_text()))
     selection = json.loads((tmp_path / "runs" / "selection.json").read_text())
     assert set(selection) == {"pop", "sasrec", "llmemf"}
@@ -258,9 +261,9 @@ def test_two_workers_share_a_spec_and_train_each_run_once(tiny_dataset, tmp_path
     # Which process trains what depends on timing (here the first often finishes the tiny spec before the second
     # has imported torch); what must hold is that each run is trained once and each process sees every run done.
     for w in (1, 2):
-        assert sum(s.startswith(f"[worker {w}]") and (" -> " in s or "  reusing " in s) for s in lines) == 12, proc.stdout[-3000:]
+        assert sum(s.startswith(f"[worker {w}]") and (" -> " in s or "  reusing " in s) for s in lines) == 11, proc.stdout[-3000:]
     runs = sorted(p.parent for p in (tmp_path / "runs").rglob("results.json"))
-    assert len(trained) == len(runs) == 12  # 12 distinct runs, each trained once
+    assert len(trained) == len(runs) == 11  # 11 distinct runs, each trained once
     plan = json.loads((tmp_path / "runs" / "plan.json").read_text())
     assert {str(tmp_path / "runs" / r["run"]) for r in plan} == {str(p) for p in runs}
     assert set(json.loads((tmp_path / "runs" / "selection.json").read_text())) == {"pop", "sasrec", "llmemf"}

@@ -316,7 +316,8 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         for axis, runs in sens.items():
             pts = []
             for r in runs:
-                value = next(iter(c.record(r)["point"].values()))
+                # the sensitivity record's own point: the selected point's run is also a grid run, with another point
+                value = next(x for x in c.plan if x["run"] == r and x["kind"] == "sensitivity" and x["label"] == axis)["point"][axis]
                 x = float(value[0] if isinstance(value, list) else value)
                 pts.append((x, {d: 100 * m["MRR"] for d, m in c.results[r]["valid"]["c2dsr"]["metrics"].items()}))
             curves[axis] = sorted(pts, key=lambda p: p[0])
