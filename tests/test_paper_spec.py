@@ -115,6 +115,8 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     ):
         assert part in doc
     assert "ID + titles + LLM text" in doc and "lr=" in doc
+    left_out = "table-4 rows not run in this spec: + textual fusion; + textual + LLM-enhanced (needs LLM text); + visual fusion (needs item images);"
+    assert left_out in doc
     assert "has not finished" not in doc
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
     sens = (tmp_path / "results" / "tiny" / "tables" / "sensitivity.csv").read_text().splitlines()

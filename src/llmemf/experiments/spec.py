@@ -62,6 +62,17 @@ class Ablation:
     table4: list[int] = field(default_factory=list)  # rows of the paper's table 4 (runner.ABLATIONS, 1-based)
     extra: dict[str, list[str]] = field(default_factory=dict)  # label -> overrides (beyond the paper)
 
+    def left_out(self) -> dict[str, list[str]]:
+        """The paper's table-4 rows this spec does not run -> the features each needs ("LLM text", "item images")."""
+        from llmemf.experiments.runner import ABLATIONS
+
+        needs = {"txt_llm": "LLM text", "img": "item images"}
+        return {
+            label: [what for key, what in needs.items() if any(key in o for o in overrides)]
+            for i, (label, overrides) in enumerate(ABLATIONS.items(), start=1)
+            if i not in self.table4
+        }
+
 
 @dataclass
 class Sensitivity:

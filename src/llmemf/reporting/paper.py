@@ -310,6 +310,10 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
                 "",
                 to_markdown(header, rows),
             ]
+        left_out = spec.ablation.left_out() if spec.ablation else {}
+        if left_out:
+            rows_needing = "; ".join(label + (f" (needs {' and '.join(needs)})" if needs else "") for label, needs in left_out.items())
+            parts += ["", f"The paper's table-4 rows not run in this spec: {rows_needing}; {spec.path} says why."]
     sens = c.kind_groups("sensitivity")
     if sens:
         curves: dict[str, list[tuple[float, dict[str, float]]]] = {}
