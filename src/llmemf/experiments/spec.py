@@ -411,7 +411,7 @@ def run_spec(
         return max(runs, key=lambda pr: valid_score(pr[1], protocol))[0]
 
     def selected_point(label: str) -> Point:
-        if label in not_selected:
+        if spec.reuse_selection and label not in chosen_prev:
             raise _NotSelected(label)
         if label not in selection:
             raise _Waiting(f"the selection of {label}")
@@ -428,14 +428,12 @@ def run_spec(
 
     selection: dict[str, dict] = {}
     chosen_prev, chosen_from = reused_selection(spec, run_overrides) if spec.reuse_selection else ({}, None)
-    not_selected: list[str] = []  # rows the reused selection lacks
 
     def run_row(row: Row) -> None:
         seed0 = spec.seeds[0]
         base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
         if spec.reuse_selection:
             if row.label not in chosen_prev:
-                not_selected.append(row.label)
                 raise _NotSelected(row.label)
             point = chosen_prev[row.label]["point"]
             sel = _point_run("grid", row, point, seed0, [*base, *point_overrides(point)])
@@ -526,9 +524,10 @@ def run_spec(
             time.sleep(poll_s)
     write_plan(final=True)
     if left_out:
+        unselected = ", ".join(r.label for r in spec.rows if r.label not in chosen_prev)
         raise UserError(
             f"{spec.path}: not run: {', '.join(left_out)}, because {chosen_from} has no selected point for "
-            f"{', '.join(not_selected)} yet; run `llmemf compare --spec {spec.reuse_selection}` further (and "
+            f"{unselected} yet; run `llmemf compare --spec {spec.reuse_selection}` further (and "
             "`llmemf report --collect` it), then this command again: the runs done now are reused"
         )
     return list(plan.values())
