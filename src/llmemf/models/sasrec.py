@@ -16,9 +16,9 @@ cross-entropy of the target against one sampled negative at every position.
 Differences forced by the shared protocol (docs/baselines.md): the negative is drawn from the target's own
 domain (evaluation ranks within a domain; the official draws from the whole catalogue, excluding the
 user's items, which are rare collisions here); max_len is the protocol's (15), positions are counted
-from the right (the same embedding for the same slot of a left-padded window); the one trainer's Adam has
-beta2 0.999 (official 0.98). ``loss=softmax`` is the full softmax over the target's domain that the other
-sequential models share (not the paper's loss).
+from the right (the same embedding for the same slot of a left-padded window). ``loss=softmax`` is the
+full softmax over the target's domain that the other sequential models share (not the paper's loss;
+``configs/models/sasrec_softmax.yaml`` sets it at the scenario README's reference settings).
 """
 
 from __future__ import annotations
