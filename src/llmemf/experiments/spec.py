@@ -325,6 +325,15 @@ class _NotSelected(Exception):
     this invocation (nothing here can select it), and the spec ends with an error naming it."""
 
 
+def _write_shared_json(out: Path, path: Path, value: Any, merge: Callable[[Any], Any] | None) -> None:
+    """Write ``value`` as JSON to ``path`` atomically under the spec's plan lock; with ``merge``, what the
+    file holds is passed through it first (the records other processes of the same spec wrote)."""
+    with file_lock(out / ".plan.lock"):
+        if merge is not None and path.exists():
+            value = merge(json.loads(path.read_text()))
+        atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+
+
 def run_spec(
     spec: Spec,
     run_overrides: list[str],
@@ -394,11 +403,9 @@ def run_spec(
         """plan.json: this process's records, and until it has finished, the records of runs only another
         process of the same spec has reached so far (read under a lock, so none is dropped)."""
         records = list(plan.values())
-        with file_lock(out / ".plan.lock"):
-            if not final and (out / "plan.json").exists():
-                mine = {(r["kind"], r["label"], r["run"]) for r in records}
-                records += [r for r in json.loads((out / "plan.json").read_text()) if (r["kind"], r["label"], r["run"]) not in mine]
-            atomic_write_bytes(out / "plan.json", (json.dumps(records, indent=2, default=str) + "\n").encode())
+        mine = {(r["kind"], r["label"], r["run"]) for r in records}
+        others = None if final else lambda old: records + [r for r in old if (r["kind"], r["label"], r["run"]) not in mine]
+        _write_shared_json(out, out / "plan.json", records, others)
 
     def mark_selected(p: PlannedRun) -> None:
         for r in plan.values():
@@ -420,11 +427,7 @@ def run_spec(
     def write_selection(complete: bool = False) -> None:
         """selection.json after every row's selection, so that a spec reusing it can start before this one
         ends: this process's, and until it is complete, the rows only another process has selected so far."""
-        chosen = dict(selection)
-        with file_lock(out / ".plan.lock"):
-            if not complete and selection_file(spec).exists():
-                chosen = json.loads(selection_file(spec).read_text()) | chosen
-            atomic_write_bytes(selection_file(spec), (json.dumps(chosen, indent=2) + "\n").encode())
+        _write_shared_json(out, selection_file(spec), dict(selection), None if complete else lambda old: old | selection)
 
     selection: dict[str, dict] = {}
     chosen_prev, chosen_from = reused_selection(spec, run_overrides) if spec.reuse_selection else ({}, None)
