@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from llmemf.cli import app
 from llmemf.evaluation.ranks import load_ranks
+from llmemf.experiments.spec import load_spec
+from llmemf.reporting.paper import scenario_section
 
 SPEC = """
 scenario: tiny
@@ -162,6 +164,9 @@ def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_
     _invoke("compare", "--spec", spec, "rows=[pop]", "strongest=[]", "ablation=null", "sensitivity=null")
     _invoke("compare", "--spec", other)
     assert json.loads((tmp_path / "runs2" / "selection.json").read_text())["pop"]["point"] == {}
+    spec2, _ = load_spec(other)
+    text = scenario_section(spec2, tmp_path / "runs2", tmp_path / "docs", log=lambda s: None)
+    assert "every trainable model runs at the grid point selected on validation by spec (no search of its own)" in text
 
 
 def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):

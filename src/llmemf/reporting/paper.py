@@ -246,12 +246,16 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
     tables = root / "tables"
     parts = [f"## {spec.title}", ""]
     reused = f"reused from {Path(spec.reuse_selection).stem}" if spec.reuse_selection else ""
+    searched = (
+        f"runs at the grid point selected on validation by {Path(spec.reuse_selection).stem} (no search of its own)"
+        if spec.reuse_selection
+        else f"searched {json.dumps(spec.grid) if spec.grid else 'no grid'} and was selected on validation MRR"
+    )
     parts.append(
-        f"Dataset `{spec.dataset}`; every trainable model searched {json.dumps(spec.grid) if spec.grid else 'no grid'}"
-        f" at its own L2, epoch cap {spec.epochs}, patience {spec.patience}; selected on validation MRR; seeds {spec.seeds} "
+        f"Dataset `{spec.dataset}`; every trainable model {searched}, at its own L2, epoch cap {spec.epochs}, "
+        f"patience {spec.patience} (a row whose label names another budget has its own); seeds {spec.seeds} "
         f"for LLM-EMF and {', '.join(spec.strongest) or 'no baseline'}, seed {spec.seeds[0]} for the rest. "
-        + (f"The grid points are {reused}. " if reused else "")
-        + "Test split, metrics in %, mean ± std over seeds."
+        "Test split, metrics in %, mean ± std over seeds."
     )
     main = c.main_rows()
     if not main:  # a spec stopped before its first row's selection
