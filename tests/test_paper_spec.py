@@ -4,6 +4,7 @@ extra seeds, resumability, the compute estimate, ranks on disk, and a report reb
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -129,6 +130,9 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
     # 11 distinct runs: one own-grid point equals a grid point, and beta 0.1 in the sweep is the selected point
     assert cost[-1].startswith("total,11,")
+    # Epoch cap 1: each trainable run's best epoch is its only one, at the cap; Pop has no epochs.
+    by_row = {r[0]: r for r in csv.reader(cost[1:])}
+    assert by_row["pop"][1:4] == ["1", "-", "0"] and by_row["sasrec"][1:4] == ["3", "1/1, 1/1, 1/1", "3"]
     # The report rebuilds from results/ alone, number for number, and writes the README's headline table.
     shutil.rmtree(runs)
     readme = tmp_path / "README.md"

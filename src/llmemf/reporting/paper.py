@@ -222,17 +222,28 @@ def warm_cold_table(c: Collected, protocol: str) -> tuple[list[str], list[list]]
 
 
 def cost_table(c: Collected) -> tuple[list[str], list[list]]:
-    """Runs and wall hours per row label / ablation row / sensitivity axis, and the spec's total."""
-    per: dict[str, list[float]] = {}
+    """Per row label / ablation row / sensitivity axis: runs, each run's best epoch of the epochs it ran,
+    how many runs had their best epoch at the epoch cap (still improving when the cap stopped them),
+    wall hours; and the spec's total."""
+    from llmemf.training.rundir import load_run_config
+
+    per: dict[str, list[tuple[float, str, bool]]] = {}
     seen = set()
     for rec in c.plan:
-        if rec["run"] in c.results and rec["run"] not in seen:
-            seen.add(rec["run"])
-            label = rec["label"] if rec["kind"] not in ("ablation", "sensitivity") else f"{rec['kind']}: {rec['label']}"
-            per.setdefault(label, []).append(run_seconds(c.root / rec["run"], c.results[rec["run"]]))
-    rows = [[label, str(len(v)), sum(v) / 3600] for label, v in per.items()]
-    rows.append(["total", str(sum(len(v) for v in per.values())), sum(sum(v) for v in per.values()) / 3600])
-    return ["row", "runs", "wall hours"], rows
+        run, res = rec["run"], c.results.get(rec["run"])
+        if res is None or run in seen:
+            continue
+        seen.add(run)
+        label = rec["label"] if rec["kind"] not in ("ablation", "sensitivity") else f"{rec['kind']}: {rec['label']}"
+        best, ran = res.get("best_epoch", -1), res.get("epochs_run", 0)  # -1 / 0: a model with no epochs (Pop, ItemKNN)
+        at_cap = ran > 0 and best == load_run_config(c.root / run / "config.yaml").train.epochs
+        per.setdefault(label, []).append((run_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap))
+    rows = [
+        [label, str(len(v)), ", ".join(e for _, e, _ in v), str(sum(cap for *_, cap in v)), sum(t for t, *_ in v) / 3600] for label, v in per.items()
+    ]
+    total = [x for v in per.values() for x in v]
+    rows.append(["total", str(len(total)), "", str(sum(cap for *_, cap in total)), sum(t for t, *_ in total) / 3600])
+    return ["row", "runs", "best epoch / epochs run", "best at the cap", "wall hours"], rows
 
 
 def _write(tables_dir: Path, stem: str, header: list[str], rows: list[list]) -> None:
@@ -350,8 +361,9 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         to_markdown(
             header,
             rows,
-            "(wall hours of every run of the spec, over all its resumes, on the machine that ran it; runs trained side by side "
-            "by `compare --spec --workers` overlap, so their total exceeds the elapsed time)",
+            "(a run whose best epoch is the cap was still improving when the cap stopped it; wall hours of every run of the "
+            "spec, over all its resumes, on the machine that ran it; runs trained side by side by `compare --spec --workers` "
+            "overlap, so their total exceeds the elapsed time)",
         ),
     ]
     log(f"{spec.title}: {len(c.results)} runs read from {root}")
