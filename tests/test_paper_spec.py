@@ -331,3 +331,33 @@ def test_stopping_the_first_worker_stops_the_others(tiny_dataset, tmp_path):
         assert proc.returncode != 0 and "Traceback" not in rest
     finally:
         proc.kill()
+
+
+def test_every_shipped_spec_and_model_config_is_a_valid_experiment():
+    """The specs in experiments/ and the configs in configs/models/ parse, and every run a spec plans
+    first (each row's search; the rows of a spec reusing another's selection, at that spec's points)
+    builds a valid run config: a typo in a shipped file fails here, not hours into a spec."""
+    from llmemf.config import load_config
+    from llmemf.experiments.spec import row_search
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = sorted((repo / "configs" / "models").glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"c2dsr", "c2dsr_fast", "sasrec_softmax", "mifn_small"}
+    for path in configs:
+        assert load_config(path, []).model_name in path.stem  # sasrec_softmax -> sasrec
+    specs = {p.stem: load_spec(p)[0] for p in sorted((repo / "experiments").glob("*.yaml"))}
+    assert {"paper_food_kitchen", "paper_movie_book"} <= set(specs)
+    for name, spec in specs.items():
+        source = specs[Path(spec.reuse_selection).stem] if spec.reuse_selection else spec
+        rows = {r.label: r for r in source.rows}
+        planned = [p for r in spec.rows for p in row_search(source, rows[r.label], [])[0]]
+        assert planned, name
+        for p in planned:
+            cfg = p.config(spec)
+            assert cfg.model_name == p.model, (name, p.label)
+            # One cap and patience for every row, except a row whose label names its own budget.
+            budget = (200, 200) if "200 epochs" in p.label else (spec.epochs, spec.patience)
+            assert (cfg.train.epochs, cfg.train.patience) == budget, (name, p.label)
+    fk = specs["paper_food_kitchen"]
+    assert {r.label for r in fk.rows} == {r.label for r in specs["paper_movie_book"].rows}
+    assert set(fk.strongest) <= {r.label for r in fk.rows}
