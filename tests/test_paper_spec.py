@@ -360,4 +360,30 @@ def test_every_shipped_spec_and_model_config_is_a_valid_experiment():
             assert (cfg.train.epochs, cfg.train.patience) == budget, (name, p.label)
     fk = specs["paper_food_kitchen"]
     assert {r.label for r in fk.rows} == {r.label for r in specs["paper_movie_book"].rows}
-    assert set(fk.strongest) <= {r.label for r in fk.rows}
+    assert fk.n_strongest_by_validation == 3  # the issue's "three strongest baselines", chosen on validation
+
+
+def test_a_counted_strongest_gives_every_seed_to_the_best_baselines_on_validation(tiny_dataset, tmp_path, monkeypatch):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"scenario: tiny\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs'}\nepochs: 1\npatience: 1\n"
+        "overrides: [train.progress=false, eval.n_negatives=30]\nseeds: [1, 2]\nstrongest: 1\nrows:\n  - pop\n"
+        "  - {label: narrow, model: sasrec, overrides: [model.hidden=8]}\n  - {label: wide, model: sasrec, overrides: [model.hidden=24]}\n"
+    )
+    estimate = _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
+    assert "the strongest baselines' seeds" in estimate
+    text = _invoke("compare", "--spec", spec, "train.threads=1")
+    runs = tmp_path / "runs"
+    choice = json.loads((runs / "strongest.json").read_text())
+    valid = {label: json.loads((runs / label / "default" / "seed1" / "results.json").read_text())["valid"] for label in ("narrow", "wide")}
+    scores = {label: np.mean([m["MRR"] for m in v["c2dsr"]["metrics"].values()]) for label, v in valid.items()}
+    best = max(scores, key=scores.get)
+    assert choice["rows"] == [best] and set(choice["valid_mrr"]) == {"narrow", "wide"}  # Pop is no candidate
+    assert f"the 1 strongest baselines on validation: {best}" in text
+    assert (runs / best / "default" / "seed2" / "results.json").is_file()
+    assert not list((runs / ({"narrow", "wide"} - {best}).pop()).glob("*/seed2")) and not list((runs / "pop").glob("*/seed2"))
+    monkeypatch.chdir(tmp_path)
+    _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert f"seeds [1, 2] for LLM-EMF and the 1 baselines with the best validation MRR at their selected point ({best})" in doc
+    assert "has not finished" not in doc and (tmp_path / "results" / "tiny" / "strongest.json").is_file()

@@ -8,11 +8,15 @@ ablation rows and the one-at-a-time sensitivity sweeps of figure 5. ``run_spec``
 1. each row searches the shared grid at the first seed and keeps the point with the best mean
    validation MRR (``eval.select_protocol``; never test);
 2. a row with its own grid then searches it at that point (LLM-EMF: beta, gamma_S / gamma_XY);
-3. the selected point runs the remaining seeds (every seed for LLM-EMF rows and ``strongest``);
+3. the selected point runs the remaining seeds: every seed for LLM-EMF rows and the strongest
+   baselines, which ``strongest`` names (a list of labels) or counts (``strongest: 3``: the three
+   trainable baselines with the best validation MRR at their selected point, chosen once every
+   baseline has run its first seed);
 4. the ablation rows and the sensitivity sweeps run around LLM-EMF's selected point.
 
-The multi-seed rows run first (LLM-EMF's, then the strongest baselines'), then the ablation, the other
-rows and the sensitivity sweeps: a spec stopped part way has its headline comparison.
+The multi-seed rows run first (LLM-EMF's, then the named strongest baselines'), then the ablation, the
+other rows and the sensitivity sweeps: a spec stopped part way has its headline comparison. With a
+counted ``strongest``, every baseline's first seed runs before the ablation, then the chosen rows' seeds.
 
 A spec with ``reuse_selection`` (Movie-Book) searches nothing: every row runs the point another
 spec selected (its ``selection.json``). Every run is an ordinary run directory, reused when its
@@ -42,6 +46,8 @@ from llmemf.errors import UserError
 from llmemf.io import atomic_write_bytes, file_lock
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
+STRONGEST = "the strongest baselines' seeds"  # the unit (and estimate row) of a counted ``strongest``
+STRONGEST_FILE = "strongest.json"  # {"rows": [...], "valid_mrr": {label: score}}: the choice and what it rested on
 
 
 @dataclass
@@ -51,7 +57,7 @@ class Row:
     overrides: list[str] = field(default_factory=list)  # fixed for this row, on top of the spec's
     tune: bool = True  # search the shared grid (trainable models only)
     grid: dict[str, list] = field(default_factory=dict)  # the row's own axes, searched at its selected shared point
-    all_seeds: bool = False  # run every seed (LLM-EMF rows are always; `strongest` names the others)
+    all_seeds: bool = False  # run every seed (LLM-EMF rows are always; the spec's `strongest` gives the others)
     config: str = ""  # a named config variant, configs/models/<config>.yaml (e.g. mifn_small); default <model>.yaml
 
 
@@ -93,7 +99,8 @@ class Spec:
     overrides: list[str] = field(default_factory=list)  # every run
     grid: dict[str, list] = field(default_factory=dict)  # every trainable row, same budget
     seeds: list[int] = field(default_factory=lambda: [1])  # the first selects; the rest repeat the selected point
-    strongest: list[str] = field(default_factory=list)  # labels of the baselines that get every seed
+    # The baselines that get every seed: their labels, or how many, chosen on validation (STRONGEST_FILE).
+    strongest: list[str] | int = field(default_factory=list)
     reuse_selection: str = ""  # another spec file: run its selected points instead of searching
     ablation: Ablation | None = None
     sensitivity: Sensitivity | None = None
@@ -109,8 +116,33 @@ class Spec:
         """Runs per row label (and ablation / sensitivity): ``count_runs``."""
         return count_runs(self)
 
-    def seeds_of(self, row: Row) -> list[int]:
-        every = row.all_seeds or row.model == "llmemf" or row.label in self.strongest
+    @property
+    def n_strongest_by_validation(self) -> int:
+        """N for ``strongest: N`` (chosen on validation while the spec runs); 0 when it names the rows."""
+        return self.strongest if isinstance(self.strongest, int) else 0
+
+    def chosen_strongest(self, root: Path) -> list[str]:
+        """The baselines a counted ``strongest`` chose, from ``root``'s strongest.json (the spec's out or its
+        collected results); none before the choice."""
+        path = root / STRONGEST_FILE
+        return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+    def strongest_text(self, chosen: list[str]) -> str:
+        """Which baselines get every seed, in words."""
+        if not self.n_strongest_by_validation:
+            return ", ".join(self.strongest) or "no baseline"
+        which = ", ".join(chosen) if chosen else "chosen once every baseline has run its first seed"
+        return f"the {self.n_strongest_by_validation} baselines with the best validation MRR at their selected point ({which})"
+
+    def planned_table_runs(self, chosen: list[str]) -> int:
+        """Runs of the main tables' selected points over their seeds, a counted ``strongest`` not chosen yet included."""
+        unchosen = max(self.n_strongest_by_validation - len(chosen), 0) * (len(self.seeds) - 1)
+        return sum(len(self.seeds_of(r, chosen)) for r in self.rows) + unchosen
+
+    def seeds_of(self, row: Row, chosen: list[str] | tuple[str, ...] = ()) -> list[int]:
+        """The seeds ``row`` runs; ``chosen``: the strongest baselines chosen on validation so far."""
+        named = [] if isinstance(self.strongest, int) else self.strongest
+        every = row.all_seeds or row.model == "llmemf" or row.label in named or row.label in chosen
         return list(self.seeds) if every else list(self.seeds[:1])
 
 
@@ -166,7 +198,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spe
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise UserError(f"--spec {path}: row labels repeat: {labels}")
-    for name in spec.strongest:
+    if isinstance(spec.strongest, bool) or (isinstance(spec.strongest, int) and spec.strongest < 0):
+        raise UserError(f"--spec {path}: strongest={spec.strongest!r}: give row labels, or how many baselines (0 or more)")
+    for name in spec.strongest if isinstance(spec.strongest, list) else []:
         spec.row(name)
     return spec, run
 
@@ -275,6 +309,8 @@ def count_runs(spec: Spec) -> dict[str, int]:
             shared = len(grid_product(spec.grid)) if row.tune and _trainable(row.model) else 1
             n_search = shared + (len(grid_product(row.grid)) if row.grid else 0)
         counts[row.label] = n_search + len(spec.seeds_of(row)) - 1
+    if spec.n_strongest_by_validation:
+        counts[STRONGEST] = spec.n_strongest_by_validation * (len(spec.seeds) - 1)
     if spec.ablation:
         counts["ablation"] = (len(spec.ablation.table4) + len(spec.ablation.extra)) * len(spec.ablation.seeds)
     if spec.sensitivity:
@@ -288,6 +324,11 @@ def valid_score(res: dict, protocol: str) -> float:
 
 def selection_file(spec: Spec) -> Path:
     return Path(spec.out) / "selection.json"
+
+
+def strongest_candidates(spec: Spec) -> list[Row]:
+    """The rows a counted ``strongest`` chooses from: trainable baselines (another seed of Pop changes nothing)."""
+    return [r for r in spec.rows if r.model != "llmemf" and _trainable(r.model) and not r.all_seeds]
 
 
 def results_dir(spec: Spec, root: str | Path = "results") -> Path:
@@ -430,6 +471,7 @@ def run_spec(
         _write_shared_json(out, selection_file(spec), dict(selection), None if complete else lambda old: old | selection)
 
     selection: dict[str, dict] = {}
+    selected_runs: dict[str, PlannedRun] = {}  # label -> the run of its selected point at the first seed
     chosen_prev, chosen_from = reused_selection(spec, run_overrides) if spec.reuse_selection else ({}, None)
 
     def run_row(row: Row) -> None:
@@ -450,13 +492,30 @@ def run_spec(
                 runs += execute_all([_point_run("own_grid", row, pt, seed0, [*base, *point_overrides(pt)]) for pt in points])
                 sel = best(runs)
         selection[row.label] = {"model": row.model, "point": sel.point, "run": sel.run}
+        selected_runs[row.label] = sel
         mark_selected(sel)
         write_selection()
-        seeds = [
-            _point_run("seed", row, sel.point, seed, [*_common(spec, row, run_overrides), f"seed={seed}", *point_overrides(sel.point)])
-            for seed in spec.seeds_of(row)[1:]
-        ]
-        execute_all(seeds, then=mark_selected)
+        run_seeds(row, spec.seeds_of(row)[1:])
+
+    def run_seeds(row: Row, seeds: list[int]) -> None:
+        point = selection[row.label]["point"]
+        common = _common(spec, row, run_overrides)
+        execute_all([_point_run("seed", row, point, seed, [*common, f"seed={seed}", *point_overrides(point)]) for seed in seeds], then=mark_selected)
+
+    def run_strongest_seeds(n: int) -> None:
+        """Every seed for the n candidates with the best validation MRR at their selected point (seed 1),
+        once each has one; the choice is written to strongest.json before their seeds run."""
+        candidates = strongest_candidates(spec)
+        for row in candidates:
+            selected_point(row.label)
+        results = {run: res for res, run in done.values()}
+        scores = {r.label: valid_score(results[selection[r.label]["run"]], _select_protocol(spec, selected_runs[r.label])) for r in candidates}
+        chosen = sorted(scores, key=scores.get, reverse=True)[:n]
+        if not (out / STRONGEST_FILE).is_file():
+            log(f"the {n} strongest baselines on validation: {', '.join(chosen)}")
+        _write_shared_json(out, out / STRONGEST_FILE, {"rows": chosen, "valid_mrr": scores}, None)
+        for label in chosen:
+            run_seeds(spec.row(label), spec.seeds[1:])
 
     def run_ablation(ab: Ablation) -> None:
         from llmemf.experiments.runner import ABLATIONS
@@ -504,9 +563,13 @@ def run_spec(
     multi_seed = [r for r in spec.rows if len(spec.seeds_of(r)) > 1]
     first = sorted(multi_seed, key=lambda r: r.model != "llmemf")
     units: list[tuple[str, Callable[[], None]]] = [(r.label, functools.partial(run_row, r)) for r in first]
+    rest = [(r.label, functools.partial(run_row, r)) for r in spec.rows if r not in multi_seed]
+    if spec.n_strongest_by_validation:  # the choice needs every baseline's first seed
+        units += [*rest, (STRONGEST, functools.partial(run_strongest_seeds, spec.n_strongest_by_validation))]
+        rest = []
     if spec.ablation:
         units.append(("ablation", functools.partial(run_ablation, spec.ablation)))
-    units += [(r.label, functools.partial(run_row, r)) for r in spec.rows if r not in multi_seed]
+    units += rest
     units.append(("selection.json", complete_selection))
     if spec.sensitivity:
         units.append(("sensitivity", functools.partial(run_sensitivity, spec.sensitivity)))
@@ -633,11 +696,19 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
         step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
         run_seconds[row.label] = seconds
         n = counts[row.label]
-        finished = _finished(spec, slug(row.label), "*/seed*/results.json")
-        left = seconds * max(n - finished, 0) / 3600
+        finished = min(_finished(spec, slug(row.label), "*/seed*/results.json"), n)  # a counted strongest's seeds are its own row
+        left = seconds * (n - finished) / 3600
         total += left
         epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
         rows.append([row.label, row.model, str(len(stages)), f"{step_s:.4f}", str(steps), epochs, str(n), str(finished), seconds * n / 3600, left])
+    if STRONGEST in counts:  # counted at the costliest candidates' runs: an upper bound before the choice
+        n_rows, per_row = spec.n_strongest_by_validation, len(spec.seeds) - 1
+        candidates = strongest_candidates(spec)
+        seconds = sum(sorted((run_seconds[r.label] for r in candidates), reverse=True)[:n_rows]) * per_row
+        finished = min(sum(_finished(spec, slug(r.label), f"*/seed{s}/results.json") for r in candidates for s in spec.seeds[1:]), counts[STRONGEST])
+        left = seconds * (1 - finished / max(counts[STRONGEST], 1)) / 3600
+        total += left
+        rows.append([STRONGEST, "-", "-", "-", "-", str(spec.epochs), str(counts[STRONGEST]), str(finished), seconds / 3600, left])
     for extra in ("ablation", "sensitivity"):
         if extra in counts:
             base = spec.row(getattr(spec, extra).base)

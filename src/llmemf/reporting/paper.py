@@ -22,7 +22,6 @@ from llmemf.reporting.significance import paired_comparison
 from llmemf.reporting.tables import PAPER_COLUMNS, mean_std_rows, run_seconds, to_csv, to_markdown
 from llmemf.training.rundir import SMALL_FILES
 
-SPEC_FILES = ("plan.json", "selection.json", "estimate.md")
 PROTOCOLS = ("c2dsr", "full")
 
 
@@ -39,9 +38,9 @@ def collect(runs_root: Path, dest: Path) -> int:
     if (dest / "plan.json").is_file():
         earlier = json.loads((dest / "plan.json").read_text())
         plan += [r for r in earlier if r["run"] not in reached and (dest / r["run"] / "results.json").is_file()]
-    for name in SPEC_FILES:
-        if name != "plan.json" and (runs_root / name).is_file():
-            atomic_write_bytes(dest / name, (runs_root / name).read_bytes())
+    for src in runs_root.iterdir():  # the spec's own files: selection.json, estimate.md, strongest.json
+        if src.is_file() and not src.name.startswith(".") and src.name != "plan.json":
+            atomic_write_bytes(dest / src.name, src.read_bytes())
     n = 0
     for run in sorted(reached):
         src = runs_root / run
@@ -262,20 +261,23 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         if spec.reuse_selection
         else f"searched {json.dumps(spec.grid) if spec.grid else 'no grid'} and was selected on validation MRR"
     )
+    chosen = spec.chosen_strongest(root)
     parts.append(
         f"Dataset `{spec.dataset}`; every trainable model {searched}, at its own L2, epoch cap {spec.epochs}, "
         f"patience {spec.patience} (a row whose label names another budget has its own); seeds {spec.seeds} "
-        f"for LLM-EMF and {', '.join(spec.strongest) or 'no baseline'}, seed {spec.seeds[0]} for the rest. "
+        f"for LLM-EMF and {spec.strongest_text(chosen)}, seed {spec.seeds[0]} for the rest. "
         "Test split, metrics in %, mean ± std over seeds."
     )
     main = c.main_rows()
     if not main:  # a spec stopped before its first row's selection
         parts += ["", "No row has finished its grid yet: the tables come once the first row's selected point has run."]
     pending = [
-        f"{r.label} ({len(main.get(r.label, []))} of {len(spec.seeds_of(r))} seeds)"
+        f"{r.label} ({len(main.get(r.label, []))} of {len(spec.seeds_of(r, chosen))} seeds)"
         for r in spec.rows
-        if len(main.get(r.label, [])) < len(spec.seeds_of(r))
+        if len(main.get(r.label, [])) < len(spec.seeds_of(r, chosen))
     ]
+    if spec.n_strongest_by_validation and not chosen:
+        pending.append(f"the {spec.n_strongest_by_validation} strongest baselines' other seeds (chosen once every baseline has run its first seed)")
     planned = spec.run_counts()
     for kind in ("ablation", "sensitivity"):
         done = sum(1 for rec in c.plan if rec["kind"] == kind and rec["run"] in c.results)
@@ -390,7 +392,7 @@ def headline(specs: list, results_root: Path, doc: Path, command: str) -> str:
         header = [header[i].replace(" MRR", " MRR %") for i in keep]
         parts += ["", to_markdown(header, [[r[i] for i in keep] for r in rows])]
         finished = sum(len(v) for v in main.values())
-        planned = sum(len(spec.seeds_of(r)) for r in spec.rows)
+        planned = spec.planned_table_runs(spec.chosen_strongest(root))
         if finished < planned:
             parts += ["", f"The spec is part way: {finished} of its {planned} table runs have finished; the rows above are those done so far."]
     return "\n".join(parts)
