@@ -387,3 +387,22 @@ def test_a_counted_strongest_gives_every_seed_to_the_best_baselines_on_validatio
     doc = (tmp_path / "docs" / "results.md").read_text()
     assert f"seeds [1, 2] for LLM-EMF and the 1 baselines with the best validation MRR at their selected point ({best})" in doc
     assert "has not finished" not in doc and (tmp_path / "results" / "tiny" / "strongest.json").is_file()
+
+
+def test_a_spec_reusing_a_selection_chooses_its_own_strongest_on_its_own_validation(tiny_dataset, tmp_path):
+    rows = "rows:\n  - {label: narrow, model: sasrec, overrides: [model.hidden=8]}\n  - {label: wide, model: sasrec, overrides: [model.hidden=24]}\n"
+    common = "epochs: 1\npatience: 1\noverrides: [train.progress=false, eval.n_negatives=30]\nseeds: [1, 2]\nstrongest: 1\n"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"scenario: a\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'a'}\n{common}grid:\n  train.lr: [0.01, 0.001]\n{rows}")
+    second.write_text(f"scenario: b\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'b'}\n{common}reuse_selection: {first}\n{rows}")
+    _invoke("compare", "--spec", first, "train.threads=1")
+    _invoke("compare", "--spec", second, "train.threads=1", "train.weight_decay=0.5")  # other runs than the first spec's
+    selection = json.loads((tmp_path / "a" / "selection.json").read_text())
+    for label in ("narrow", "wide"):  # the first spec's points, one run each at seed 1
+        assert json.loads((tmp_path / "b" / "selection.json").read_text())[label]["point"] == selection[label]["point"]
+    scores = json.loads((tmp_path / "b" / "strongest.json").read_text())["valid_mrr"]
+    assert scores != json.loads((tmp_path / "a" / "strongest.json").read_text())["valid_mrr"]  # its own runs' validation
+    best = max(scores, key=scores.get)
+    assert json.loads((tmp_path / "b" / "strongest.json").read_text())["rows"] == [best]
+    assert len(list((tmp_path / "b" / best).glob("*/seed2/results.json"))) == 1
+    assert not list((tmp_path / "b" / ({"narrow", "wide"} - {best}).pop()).glob("*/seed2"))
