@@ -391,8 +391,10 @@ def headline(specs: list, results_root: Path, doc: Path, command: str) -> str:
         keep = [0, 1, 3] + [i for i, h in enumerate(header) if h.endswith(" MRR")]
         header = [header[i].replace(" MRR", " MRR %") for i in keep]
         parts += ["", to_markdown(header, [[r[i] for i in keep] for r in rows])]
-        finished = sum(len(v) for v in main.values())
-        planned = spec.planned_table_runs(spec.chosen_strongest(root))
+        chosen = spec.chosen_strongest(root)
+        planned = spec.planned_table_runs(chosen)
+        # a row may hold more seeds than the spec plans now (run under an earlier choice of the strongest)
+        finished = sum(min(len(main.get(r.label, [])), len(spec.seeds_of(r, chosen))) for r in spec.rows)
         if finished < planned:
             parts += ["", f"The spec is part way: {finished} of its {planned} table runs have finished; the rows above are those done so far."]
     return "\n".join(parts)
