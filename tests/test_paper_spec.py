@@ -382,6 +382,7 @@ def test_a_counted_strongest_gives_every_seed_to_the_best_baselines_on_validatio
     assert f"the 1 strongest baselines on validation: {best}" in text
     assert (runs / best / "default" / "seed2" / "results.json").is_file()
     assert not list((runs / ({"narrow", "wide"} - {best}).pop()).glob("*/seed2")) and not list((runs / "pop").glob("*/seed2"))
+    assert "estimated compute left: 0.00 h" in _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
     monkeypatch.chdir(tmp_path)
     _invoke("report", "--spec", spec, "--collect", "--results", "results", "--doc", "docs/results.md")
     doc = (tmp_path / "docs" / "results.md").read_text()

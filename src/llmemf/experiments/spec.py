@@ -511,7 +511,7 @@ def run_spec(
         results = {run: res for res, run in done.values()}
         scores = {r.label: valid_score(results[selection[r.label]["run"]], _select_protocol(spec, selected_runs[r.label])) for r in candidates}
         chosen = sorted(scores, key=scores.get, reverse=True)[:n]
-        if not (out / STRONGEST_FILE).is_file():
+        if spec.chosen_strongest(out) != chosen:
             log(f"the {n} strongest baselines on validation: {', '.join(chosen)}")
         _write_shared_json(out, out / STRONGEST_FILE, {"rows": chosen, "valid_mrr": scores}, None)
         for label in chosen:
@@ -701,11 +701,12 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
         total += left
         epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
         rows.append([row.label, row.model, str(len(stages)), f"{step_s:.4f}", str(steps), epochs, str(n), str(finished), seconds * n / 3600, left])
-    if STRONGEST in counts:  # counted at the costliest candidates' runs: an upper bound before the choice
-        n_rows, per_row = spec.n_strongest_by_validation, len(spec.seeds) - 1
-        candidates = strongest_candidates(spec)
-        seconds = sum(sorted((run_seconds[r.label] for r in candidates), reverse=True)[:n_rows]) * per_row
-        finished = min(sum(_finished(spec, slug(r.label), f"*/seed{s}/results.json") for r in candidates for s in spec.seeds[1:]), counts[STRONGEST])
+    if STRONGEST in counts:  # the chosen rows' runs; before the choice, the costliest candidates' (an upper bound)
+        chosen = spec.chosen_strongest(Path(spec.out)) or spec.chosen_strongest(results_dir(spec))
+        candidates = [spec.row(label) for label in chosen] or strongest_candidates(spec)
+        seconds = sum(sorted((run_seconds[r.label] for r in candidates), reverse=True)[: spec.n_strongest_by_validation]) * (len(spec.seeds) - 1)
+        seed_runs = sum(_finished(spec, slug(label), f"*/seed{s}/results.json") for label in chosen for s in spec.seeds[1:])
+        finished = min(seed_runs, counts[STRONGEST])
         left = seconds * (1 - finished / max(counts[STRONGEST], 1)) / 3600
         total += left
         rows.append([STRONGEST, "-", "-", "-", "-", str(spec.epochs), str(counts[STRONGEST]), str(finished), seconds / 3600, left])
