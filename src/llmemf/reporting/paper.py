@@ -262,9 +262,11 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         else f"searched {json.dumps(spec.grid) if spec.grid else 'no grid'} and was selected on validation MRR"
     )
     chosen = spec.chosen_strongest(root)
+    budgets = [r.label for r in spec.rows if any(o.startswith(("train.epochs=", "train.patience=")) for o in r.overrides)]
+    own_budget = f" ({', '.join(budgets)}: the budget its label names)" if budgets else ""
     parts.append(
         f"Dataset `{spec.dataset}`; every trainable model {searched}, at its own L2, epoch cap {spec.epochs}, "
-        f"patience {spec.patience} (a row whose label names another budget has its own); seeds {spec.seeds} "
+        f"patience {spec.patience}{own_budget}; seeds {spec.seeds} "
         f"for LLM-EMF and {spec.strongest_text(chosen)}, seed {spec.seeds[0]} for the rest. "
         "Test split, metrics in %, mean ± std over seeds."
     )
