@@ -407,3 +407,11 @@ def test_a_spec_reusing_a_selection_chooses_its_own_strongest_on_its_own_validat
     assert json.loads((tmp_path / "b" / "strongest.json").read_text())["rows"] == [best]
     assert len(list((tmp_path / "b" / best).glob("*/seed2/results.json"))) == 1
     assert not list((tmp_path / "b" / ({"narrow", "wide"} - {best}).pop()).glob("*/seed2"))
+
+
+def test_strongest_must_be_row_labels_or_a_count(tiny_dataset, tmp_path):
+    spec = _spec(tmp_path, tiny_dataset)
+    for bad in ("strongest=-1", "strongest=sasrec", "strongest=true", "strongest=[nosuch]"):
+        res = CliRunner().invoke(app, ["compare", "--spec", str(spec), "--estimate-only", bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert "strongest=" in res.output or "no row labelled 'nosuch'" in res.output, (bad, res.output)

@@ -198,7 +198,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spe
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise UserError(f"--spec {path}: row labels repeat: {labels}")
-    if isinstance(spec.strongest, bool) or (isinstance(spec.strongest, int) and spec.strongest < 0):
+    if not isinstance(spec.strongest, int | list) or isinstance(spec.strongest, bool) or (isinstance(spec.strongest, int) and spec.strongest < 0):
         raise UserError(f"--spec {path}: strongest={spec.strongest!r}: give row labels, or how many baselines (0 or more)")
     for name in spec.strongest if isinstance(spec.strongest, list) else []:
         spec.row(name)
