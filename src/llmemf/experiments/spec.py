@@ -121,6 +121,11 @@ class Spec:
         """N for ``strongest: N`` (chosen on validation while the spec runs); 0 when it names the rows."""
         return self.strongest if isinstance(self.strongest, int) else 0
 
+    @property
+    def named_strongest(self) -> list[str]:
+        """The labels ``strongest`` names; none when it counts."""
+        return self.strongest if isinstance(self.strongest, list) else []
+
     def chosen_strongest(self, root: Path) -> list[str]:
         """The baselines a counted ``strongest`` chose, from ``root``'s strongest.json (the spec's out or its
         collected results); none before the choice."""
@@ -130,7 +135,7 @@ class Spec:
     def strongest_text(self, chosen: list[str]) -> str:
         """Which baselines get every seed, in words."""
         if not self.n_strongest_by_validation:
-            return ", ".join(self.strongest) or "no baseline"
+            return ", ".join(self.named_strongest) or "no baseline"
         which = ", ".join(chosen) if chosen else "chosen once every baseline has run its first seed"
         return f"the {self.n_strongest_by_validation} baselines with the best validation MRR at their selected point ({which})"
 
@@ -141,8 +146,7 @@ class Spec:
 
     def seeds_of(self, row: Row, chosen: list[str] | tuple[str, ...] = ()) -> list[int]:
         """The seeds ``row`` runs; ``chosen``: the strongest baselines chosen on validation so far."""
-        named = [] if isinstance(self.strongest, int) else self.strongest
-        every = row.all_seeds or row.model == "llmemf" or row.label in named or row.label in chosen
+        every = row.all_seeds or row.model == "llmemf" or row.label in self.named_strongest or row.label in chosen
         return list(self.seeds) if every else list(self.seeds[:1])
 
 
@@ -198,9 +202,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spe
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise UserError(f"--spec {path}: row labels repeat: {labels}")
-    if not isinstance(spec.strongest, int | list) or isinstance(spec.strongest, bool) or (isinstance(spec.strongest, int) and spec.strongest < 0):
+    if not (isinstance(spec.strongest, list) or (type(spec.strongest) is int and spec.strongest >= 0)):  # a bool is no count
         raise UserError(f"--spec {path}: strongest={spec.strongest!r}: give row labels, or how many baselines (0 or more)")
-    for name in spec.strongest if isinstance(spec.strongest, list) else []:
+    for name in spec.named_strongest:
         spec.row(name)
     return spec, run
 
