@@ -112,7 +112,7 @@ import torch
 from llmemf.config import TrainConfig
 from llmemf.data.batching import DataBundle
 from llmemf.data.dataset import Dataset
-from llmemf.distributed import setup
+from llmemf.distributed import setup, teardown
 from llmemf.evaluation.protocols import Evaluator
 from llmemf.models.base import build_model
 from llmemf.training.loop import fit
@@ -126,6 +126,7 @@ first = model.item_id.weight.detach().clone()
 train_cfg = TrainConfig(epochs=1, batch_size=32, progress=False, lazy_adam=True)
 fit(model, bundle, train_cfg, Evaluator(bundle, "valid", "full"), seed=0, world=world, log=print)
 torch.save({"first": first, "trained": model.item_id.weight.detach(), "sparse": model.item_id.sparse}, f"{sys.argv[2]}/rank{world.rank}.pt")
+teardown()  # as every command does: leaving gloo at interpreter exit while the other rank still talks aborts it
 """
 
 
