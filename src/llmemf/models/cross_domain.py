@@ -178,3 +178,21 @@ def domain_xavier_normal_(weight: torch.Tensor, domain_ranges: list[tuple[int, i
     with torch.no_grad():
         for lo, hi in domain_ranges:
             nn.init.normal_(weight[lo:hi], std=(2.0 / (hi - lo + weight.shape[1])) ** 0.5)
+
+
+def stacked_item_table(n_items: int, d: int, pad_id: int, domain_ranges: list[tuple[int, int]]) -> nn.Embedding:
+    """The two domains' item tables of the TF baselines stacked into one embedding (+ a zero pad row),
+    each domain's block Glorot-normal as its own matrix."""
+    table = nn.Embedding(n_items + 1, d, padding_idx=pad_id)
+    domain_xavier_normal_(table.weight, domain_ranges)
+    with torch.no_grad():
+        table.weight[pad_id].zero_()
+    return table
+
+
+def domain_decoder(n_items: int, d_in: int, domain_ranges: list[tuple[int, int]]) -> tuple[nn.Parameter, nn.Parameter]:
+    """The TF baselines' dense layer to each domain's items, stacked: a kernel (n_items, d_in) whose rows lo..hi-1
+    are domain d's (Glorot-normal per domain) and a zero per-item bias (n_items,)."""
+    kernel = nn.Parameter(torch.empty(n_items, d_in))
+    domain_xavier_normal_(kernel, domain_ranges)
+    return kernel, nn.Parameter(torch.zeros(n_items))

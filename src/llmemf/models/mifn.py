@@ -61,7 +61,7 @@ from torch import nn
 from llmemf.config import check_fields
 from llmemf.data.batching import Batch, DataBundle, domain_masks
 from llmemf.models.base import Recommender
-from llmemf.models.cross_domain import DomainGRU, DomainRNN, domain_xavier_normal_
+from llmemf.models.cross_domain import DomainGRU, DomainRNN, domain_decoder
 from llmemf.models.layers import Dropout
 
 
@@ -240,9 +240,7 @@ class MIFN(Recommender):
         self.switch = nn.ModuleList([nn.Linear(3 * d, 1) for _ in range(2)])
         self.exploit = nn.ModuleList([Attention(d) for _ in range(2)])
         self.drop = Dropout(p)
-        self.out = nn.Parameter(torch.empty(self.n_items, 2 * d))  # explore decoder, rows lo..hi-1 = domain d's dense layer
-        self.out_bias = nn.Parameter(torch.zeros(self.n_items))
-        domain_xavier_normal_(self.out, self.domain_ranges)
+        self.out, self.out_bias = domain_decoder(self.n_items, 2 * d, self.domain_ranges)  # the explore decoder
         with torch.no_grad():
             for lin in self.switch:
                 nn.init.trunc_normal_(lin.weight, std=0.1, a=-0.2, b=0.2)

@@ -33,7 +33,7 @@ from torch import nn
 
 from llmemf.config import check_fields
 from llmemf.data.batching import DataBundle, domain_masks
-from llmemf.models.cross_domain import DomainGRU, DomainRNN, PerDomainStateModel, domain_xavier_normal_
+from llmemf.models.cross_domain import DomainGRU, DomainRNN, PerDomainStateModel, domain_decoder, stacked_item_table
 from llmemf.models.layers import Dropout
 
 
@@ -79,18 +79,13 @@ class PiNet(PerDomainStateModel):
         super().__init__(config, bundle)
         d, p = config.hidden, config.dropout
         self.n_x = self.domain_ranges[0][1]
-        self.item = nn.Embedding(self.n_items + 1, d, padding_idx=self.pad_id)  # the two domains' tables, stacked
-        domain_xavier_normal_(self.item.weight, self.domain_ranges)
-        with torch.no_grad():
-            self.item.weight[self.pad_id].zero_()
+        self.item = stacked_item_table(self.n_items, d, self.pad_id, self.domain_ranges)
         self.encoder = nn.ModuleList([DomainGRU(d, d, p) for _ in range(2)])
         # filter[a] / transfer[a] run over the OTHER domain's positions and feed the prediction of domain a
         self.filter = nn.ModuleList([DomainRNN(FilterCell(d, config.n_members), d, p) for _ in range(2)])
         self.transfer = nn.ModuleList([DomainGRU(d, d, p) for _ in range(2)])
         self.drop = Dropout(p)
-        self.out = nn.Parameter(torch.empty(self.n_items, 2 * d))  # decoder kernel, rows lo..hi-1 = domain d's dense layer
-        self.out_bias = nn.Parameter(torch.zeros(self.n_items))
-        domain_xavier_normal_(self.out, self.domain_ranges)
+        self.out, self.out_bias = domain_decoder(self.n_items, 2 * d, self.domain_ranges)  # [own state ; transfer] -> items
 
     def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) merged ids -> per domain (B, L, 2h) decoder input for predicting that domain's next item
