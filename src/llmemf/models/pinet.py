@@ -85,7 +85,7 @@ class PiNet(PerDomainStateModel):
         self.filter = nn.ModuleList([DomainRNN(FilterCell(d, config.n_members), d, p) for _ in range(2)])
         self.transfer = nn.ModuleList([DomainGRU(d, d, p) for _ in range(2)])
         self.drop = Dropout(p)
-        self.out, self.out_bias = domain_decoder(self.n_items, 2 * d, self.domain_ranges)  # [own state ; transfer] -> items
+        self.out, self.out_bias = domain_decoder(self.n_items, 2 * d, self.domain_ranges)  # [transfer ; own state] -> items, the official order
 
     def domain_states(self, xy: torch.Tensor) -> list[torch.Tensor]:
         """(B, L) merged ids -> per domain (B, L, 2h) decoder input for predicting that domain's next item

@@ -196,16 +196,6 @@ class Direction(nn.Module):
         out = p @ fact  # (B, Q, d)
         return torch.where(mask.any(-1, keepdim=True), out, uniform[:, None])
 
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            "model.",
-            positive=("hidden", "n_blocks", "n_heads", "temperature"),
-            nonneg=("coarse_weight", "fine_weight", "margin"),
-            fraction=("dropout",),
-            divides=("hidden", "n_heads"),
-        )
-
 
 class TriCDR(Recommender):
     Config = TriCDRConfig
