@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,7 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     left_out = "table-4 rows not run in this spec: + textual fusion; + textual + LLM-enhanced (needs LLM text); + visual fusion (needs item images);"
     assert left_out in doc
     assert "has not finished" not in doc
+    assert re.search(r"Code that finished the runs: (commit [0-9a-f]{7}( with uncommitted changes)?|llmemf \S+ \(no git checkout\)): 11\.", doc)
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
     sens = (tmp_path / "results" / "tiny" / "tables" / "sensitivity.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in sens[1:]] == [["model.beta", "0"], ["model.beta", "0.1"]]  # the selected point at its beta

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +40,11 @@ def test_sasrec_learns_and_beats_pop(tiny_dataset, tiny_bundle, tmp_path):
             assert sas.test[proto].metrics[dom]["MRR"] > pop.test[proto].metrics[dom]["MRR"] + 0.1, (proto, dom)
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     assert results["best_epoch"] == sas.best_epoch and set(results["test"]) == {"c2dsr", "full"}
+    # The code that finished the run: this checkout's commit (the tests run from one) or, without git, none.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent) if shutil.which("git") else None
+    commit = head.stdout.strip() if head is not None and head.returncode == 0 else None
+    assert results["code"]["llmemf"] == version("llmemf") and results["code"]["commit"] == commit
+    assert isinstance(results["code"]["dirty"], bool) == (commit is not None)
     lines = (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == results["epochs_run"]
     # The best checkpoint is a plain state_dict that loads with weights_only=True and rebuilds the model.

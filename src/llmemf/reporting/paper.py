@@ -251,6 +251,21 @@ def cost_table(c: Collected) -> tuple[list[str], list[list]]:
     return ["row", "runs", "best epoch / epochs run", "best at the cap", "wall hours"], rows
 
 
+def code_summary(c: Collected) -> str:
+    """Which llmemf code finished the spec's runs (results.json's ``code``), most runs first."""
+    counts: dict[str, int] = {}
+    for res in c.results.values():
+        code = res.get("code")
+        if code is None:
+            key = "before runs recorded their code"
+        elif code.get("commit"):
+            key = f"commit {code['commit'][:7]}" + (" with uncommitted changes" if code.get("dirty") else "")
+        else:
+            key = f"llmemf {code.get('llmemf')} (no git checkout)"
+        counts[key] = counts.get(key, 0) + 1
+    return "Code that finished the runs: " + "; ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) + "."
+
+
 def _write(tables_dir: Path, stem: str, header: list[str], rows: list[list]) -> None:
     atomic_write_bytes(tables_dir / f"{stem}.csv", to_csv(header, rows).encode())
 
@@ -375,6 +390,8 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
             "spec, over all its resumes, on the machine that ran it; runs trained side by side by `compare --spec --workers` "
             "overlap, so their total exceeds the elapsed time)",
         ),
+        "",
+        code_summary(c),
     ]
     log(f"{spec.title}: {len(c.results)} runs read from {root}")
     return "\n".join(parts)

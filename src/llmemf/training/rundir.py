@@ -7,7 +7,8 @@
     best.pt          model state_dict of the best validation epoch
     *.pt.sha256      size and sha256 of each checkpoint, written after it: a damaged checkpoint is detected
     metrics.jsonl    one JSON line per epoch (loss, validation metrics, seconds)
-    results.json     final validation and test metrics under every protocol, timings, memory
+    results.json     final validation and test metrics under every protocol, timings, memory, and the code
+                     that finished the run (``code_version``)
     .train.lock      held (flock) by the one process training here
 
 Every write is atomic (llmemf.io). In a distributed run only rank 0 opens a RunDir.
@@ -24,6 +25,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,28 @@ from llmemf.models.base import check_model_params, model_class
 
 # What of a finished run is kept beside the code (results/<scenario>/): never a checkpoint.
 SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
+
+
+def code_version() -> dict[str, Any]:
+    """The llmemf code this process runs: its package version and, when it runs from a git checkout of the
+    project (src/llmemf in a repository), the commit and whether tracked files differ from it (None otherwise:
+    an installed package cannot say)."""
+    try:
+        package = version("llmemf")
+    except PackageNotFoundError:
+        package = None
+    commit = dirty = None
+    src = Path(__file__).resolve().parents[2]  # .../src when run from a checkout
+    root = src.parent
+    if src.name == "src" and (root / "pyproject.toml").exists():
+        git = ["git", "-C", str(root)]
+        try:
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+            status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30, check=True)
+            dirty = bool(status.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            commit = dirty = None
+    return {"llmemf": package, "commit": commit, "dirty": dirty}
 
 
 def load_checkpoint(path: Path) -> Any:

@@ -39,6 +39,7 @@ from llmemf.training.rundir import (
     RunDirBusy,
     RunDirConflict,
     check_dataset,
+    code_version,
     load_checkpoint,
     load_run_config,
     matches_stored_experiment,
@@ -223,6 +224,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
                 "valid": {p: r.to_dict() for p, r in valid.items()},
                 "test": {p: r.to_dict() for p, r in test.items()},
                 "test_cold_targets": cold,
+                "code": code_version(),  # of the process that finished the run (a resumed run may have started on another)
             }
         )
     return TrainResult(run.path, model, fitted.best_epoch, valid, test, epoch_seconds)
