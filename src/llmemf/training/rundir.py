@@ -45,8 +45,8 @@ SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
 
 def code_version() -> dict[str, Any]:
     """The llmemf code this process runs: its package version and, when it runs from a git checkout of the
-    project (src/llmemf in a repository), the commit and whether tracked files differ from it (None otherwise:
-    an installed package cannot say)."""
+    project (src/llmemf in a repository), the commit and whether the tracked code (src, configs, pyproject.toml)
+    differs from it (None otherwise: an installed package cannot say)."""
     try:
         package = version("llmemf")
     except PackageNotFoundError:
@@ -58,7 +58,8 @@ def code_version() -> dict[str, Any]:
         git = ["git", "-C", str(root)]
         try:
             commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-            status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30, check=True)
+            code = ["--", "src", "configs", "pyproject.toml"]  # not docs/ or results/, which a collect rewrites
+            status = subprocess.run([*git, "status", "--porcelain", "-uno", *code], capture_output=True, text=True, timeout=30, check=True)
             dirty = bool(status.stdout.strip())
         except (OSError, subprocess.SubprocessError):
             commit = dirty = None
