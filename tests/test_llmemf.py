@@ -91,6 +91,28 @@ def test_probability_fusion_is_a_mixture_of_softmaxes(tiny_bundle):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_probability_fusion_leaves_out_a_modality_of_weight_zero(tiny_bundle):
+    """alpha = 0 removes the image softmax from the mixture (it was 0/0 before): the same scores as the model
+    without the image modality, with the same parameters."""
+    torch.manual_seed(0)
+    params = {"d_id": 16, "fusion": "probabilities", "train_negatives": 0, "alpha": 0.0}
+    model = build_model("llmemf", params, tiny_bundle).eval()
+    without = build_model("llmemf", {**params, "modalities": ["id", "txt"]}, tiny_bundle).eval()
+    without.load_state_dict(model.state_dict(), strict=False)
+    batch = _eval_batch(tiny_bundle)
+    got = model.scores(batch, 1, None)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, without.scores(batch, 1, None))
+
+
+def test_neutral_cold_id_is_refused_under_probability_fusion():
+    from llmemf.config import ConfigError
+    from llmemf.models.llmemf import LLMEMFConfig
+
+    with pytest.raises(ConfigError, match="cold_id=neutral with model.fusion=probabilities"):
+        LLMEMFConfig(fusion="probabilities", train_negatives=0, cold_id="neutral")
+
+
 def test_prediction_mix_uses_target_source_and_merged_sequences(tiny_bundle):
     torch.manual_seed(0)
     only_target = build_model("llmemf", {"d_id": 16, "gamma_s": 0.0, "gamma_xy": 0.0}, tiny_bundle).eval()

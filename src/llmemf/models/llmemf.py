@@ -105,6 +105,11 @@ class LLMEMFConfig:
                 f"model.fusion=probabilities with model.train_negatives={self.train_negatives}: a mixture of softmaxes needs "
                 "the full softmax; set model.train_negatives=0"
             )
+        if self.cold_id == "neutral" and self.fusion != "logits":
+            raise ConfigError(
+                f"model.cold_id=neutral with model.fusion={self.fusion}: the neutral ID score replaces cold items' ID logits "
+                "before they are summed; use model.fusion=logits, or another model.cold_id"
+            )
         if self.gamma_t == self.gamma_s == self.gamma_xy == 0:
             raise ConfigError("model.gamma_t, gamma_s and gamma_xy are all 0: at least one sequence must predict")
 
@@ -327,12 +332,10 @@ class LLMEMF(Recommender):
         if self.config.fusion == "logits":
             return sum(logits.values())
         # probabilities: log sum_m w_m softmax(c_m), renormalised by sum_m w_m. logits[m] already carries
-        # the weight w_m inside the scale, so undo it before the softmax.
-        parts = []
-        for m, lm in logits.items():
-            w = self.weights[m]
-            parts.append(torch.log_softmax(lm / w, dim=-1) + math.log(w))
-        total = sum(self.weights[m] for m in logits)
+        # the weight w_m inside the scale, so undo it before the softmax; a modality of weight 0 adds nothing.
+        used = [m for m in logits if self.weights[m] > 0]  # the ID modality's weight is always 1
+        parts = [torch.log_softmax(logits[m] / self.weights[m], dim=-1) + math.log(self.weights[m]) for m in used]
+        total = sum(self.weights[m] for m in used)
         return torch.logsumexp(torch.stack(parts), dim=0) - math.log(total)
 
     # ---- training ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -43,10 +44,12 @@ from llmemf.models.base import check_model_params, model_class
 SMALL_FILES = ("config.yaml", "results.json", "metrics.jsonl", RANKS_FILE)
 
 
+@functools.cache
 def code_version() -> dict[str, Any]:
     """The llmemf code this process runs: its package version and, when it runs from a git checkout of the
     project (src/llmemf in a repository), the commit and whether the tracked code (src, configs, pyproject.toml)
-    differs from it (None otherwise: an installed package cannot say)."""
+    differs from it (None otherwise: an installed package cannot say). Read once per process, when it first
+    trains: a commit made while a long process runs is not the code it loaded."""
     try:
         package = version("llmemf")
     except PackageNotFoundError:

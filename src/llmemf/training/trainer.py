@@ -141,6 +141,7 @@ def train(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True,
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is joined on first use."""
     world, device = setup(cfg.device)
     log = world.prefix(log)
+    code_version()  # read before training: the code this process loaded, whatever is committed meanwhile
     with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until training ends
         return _train(cfg, RunDir(cfg.out, log=log), bundle, resume, log, world, device, held)
 
