@@ -156,6 +156,28 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     third = _invoke("compare", "--spec", spec, "train.threads=1")
     assert "epoch   1" not in third and third.count("restored from") == 11
     assert json.loads((runs / "selection.json").read_text()) == selection
+    # The paired tests average the same seeds on both sides: those both rows ran.
+    seeds = {r[0]: {"1", "2"} if r[0] in ("sasrec", "llmemf") else {"1"} for r in csv.reader(main[1:])}
+    for row in csv.reader((tmp_path / "results" / "tiny" / "tables" / "significance_c2dsr.csv").read_text().splitlines()[1:]):
+        assert set(row[2].split(", ")) == seeds[row[1]] & seeds["llmemf"], row
+    # Seeds the spec no longer plans stay out of the tables, named.
+    _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/fewer.md", "--set", "strongest=[]")
+    fewer = (tmp_path / "docs" / "fewer.md").read_text()
+    assert "Runs collected but not in the tables (seeds or rows the spec no longer plans): sasrec: 1 (sasrec/train.lr_" in fewer
+    assert "| sasrec | ID | " in fewer and not re.search(r"\| sasrec \| ID \| [^|]+ \| 2 \|", fewer)
+    # Runs that cannot share a table are refused, naming them: another dataset, a seed at another point.
+    seed2 = next((tmp_path / "results" / "tiny" / "sasrec").glob("*/seed2"))
+    res_file = seed2 / "results.json"
+    kept = res_file.read_text()
+    res_file.write_text(json.dumps({**json.loads(kept), "dataset_content_hash": "0123456789abcdef"}))
+    res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])
+    assert res.exit_code == 2 and "runs that differ in dataset content hash cannot share tables" in res.output, res.output
+    assert "0123456789abcdef" in res.output
+    res_file.write_text(kept)
+    cfg_file = seed2 / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("hidden: 16", "hidden: 8"))
+    res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])
+    assert res.exit_code == 2 and "row 'sasrec' has runs of different configurations" in res.output, res.output
 
 
 def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_path):
@@ -202,8 +224,8 @@ def test_variants_of_one_model_are_compared_with_the_first_row(tiny_dataset, tmp
     doc = (tmp_path / "docs" / "variants.md").read_text()
     assert "Paired comparison, full protocol: each row against the first, full;" in doc
     table = (tmp_path / "results" / "variants" / "tables" / "significance_c2dsr.csv").read_text().splitlines()
-    assert table[0].startswith("domain,row,its MRR,full MRR,difference %,Wilcoxon p")
-    assert [r.split(",")[:2] for r in table[1:]] == [["X", "sampled"], ["Y", "sampled"]]
+    assert table[0].startswith("domain,row,seeds paired,its MRR,full MRR,difference %,paired t p,bootstrap 95% CI of ΔMRR,Wilcoxon p")
+    assert [r.split(",")[:3] for r in table[1:]] == [["X", "sampled", "1"], ["Y", "sampled", "1"]]
 
 
 def test_collect_keeps_runs_collected_earlier_and_a_spec_stopped_mid_grid_reports(tiny_dataset, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ def test_a_clearly_better_model_is_significant_and_its_gain_is_in_the_interval()
     assert res.n_users == 400
     assert res.mrr_a == pytest.approx(np.mean(1 / better))
     assert res.mrr_b == pytest.approx(np.mean(1 / base))
-    assert res.wilcoxon_p < 1e-6
+    assert res.wilcoxon_p < 1e-6 and res.ttest_p < 1e-6
     gain = np.mean(1 / better - 1 / base)
     assert res.bootstrap_low < gain < res.bootstrap_high
     assert res.bootstrap_low > 0
@@ -24,15 +24,26 @@ def test_relabelled_noise_is_not_significant():
     a = rng.integers(1, 1000, size=300)
     b = rng.permutation(a)  # same distribution, users shuffled: no systematic difference
     res = paired_comparison(a, b, seed=2)
-    assert res.wilcoxon_p > 0.01
+    assert res.wilcoxon_p > 0.01 and res.ttest_p > 0.01
     assert res.bootstrap_low < 0 < res.bootstrap_high
 
 
 def test_identical_runs_give_p_one_and_a_zero_interval():
     r = np.array([1, 5, 9, 2])
     res = paired_comparison(r, r)
-    assert res.wilcoxon_p == 1.0
+    assert res.wilcoxon_p == res.ttest_p == 1.0
     assert res.bootstrap_low == res.bootstrap_high == 0.0
+
+
+def test_the_t_test_reads_the_mean_where_the_signed_rank_test_reads_the_shape():
+    """Equal MRR by construction, one side the mean of three draws' reciprocal ranks and the other one draw (a
+    three-seed row against a one-seed row of the same model): the signed-rank test sees the averaged side's
+    skew as a difference, the t-test and the bootstrap of the mean do not."""
+    rng = np.random.default_rng(0)
+    rr = 1.0 / rng.integers(1, 1000, size=(4, 5000))
+    res = paired_comparison(1 / rr[:3].mean(0), 1 / rr[3], seed=1)
+    assert res.wilcoxon_p < 1e-6
+    assert res.ttest_p > 0.05 and res.bootstrap_low < 0 < res.bootstrap_high
 
 
 def test_unpaired_inputs_are_refused():

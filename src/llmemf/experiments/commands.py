@@ -241,12 +241,11 @@ def register(app: typer.Typer) -> None:
         atomic_write_bytes(out / "ablation.md", (text + "\n").encode())
         typer.echo("\n" + text)
         domains = list(next(iter(groups.values()))[0]["test"]["c2dsr"]["metrics"])
-        per_domain = {
-            d: [
-                (float(np.mean(v)), float(np.std(v))) for v in ([100 * r["test"]["c2dsr"]["metrics"][d]["MRR"] for r in rs] for rs in groups.values())
-            ]
-            for d in domains
-        }
+
+        def mean_std(v: list[float]) -> tuple[float, float]:
+            return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # the sample standard deviation
+
+        per_domain = {d: [mean_std([100 * r["test"]["c2dsr"]["metrics"][d]["MRR"] for r in rs]) for rs in groups.values()] for d in domains}
         png = ablation_chart(list(groups), per_domain, out / "ablation.png", f"LLM-EMF ablation on {dataset.name} (c2dsr protocol)")
         typer.echo(f"\nchart: {png}")
 

@@ -92,6 +92,6 @@ def mean_std_rows(groups: dict[str, list[dict]], split: str, protocol: str, colu
         for d in domains:
             for c in columns:
                 vals = np.array([100 * r[split][protocol]["metrics"][d][c] for r in results])
-                cells.append(f"{vals.mean():.2f} ± {vals.std():.2f}" if len(vals) > 1 else f"{vals.mean():.2f}")
+                cells.append(f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}" if len(vals) > 1 else f"{vals.mean():.2f}")  # sample std
         rows.append(cells)
     return header, rows
