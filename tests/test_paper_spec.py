@@ -195,6 +195,12 @@ def test_movie_book_style_spec_reuses_another_specs_selection(tiny_dataset, tmp_
     spec2, _ = load_spec(other)
     text = scenario_section(spec2, tmp_path / "runs2", tmp_path / "docs", log=lambda s: None)
     assert "every trainable model runs at the grid point selected on validation by spec (no search of its own)" in text
+    assert "**Stale**" not in text
+    # The reused spec selects another point later (a rerun of its grid): the report says which rows ran at the old one.
+    selection = tmp_path / "runs" / "selection.json"
+    selection.write_text(json.dumps({**json.loads(selection.read_text()), "pop": {"model": "pop", "point": {"train.lr": 0.5}}}))
+    text = scenario_section(spec2, tmp_path / "runs2", tmp_path / "docs", log=lambda s: None)
+    assert "**Stale**: pop ran at -, tiny now selects lr=0.5." in text
 
 
 def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):

@@ -329,6 +329,24 @@ def _write(tables_dir: Path, stem: str, header: list[str], rows: list[list]) -> 
     atomic_write_bytes(tables_dir / f"{stem}.csv", to_csv(header, rows).encode())
 
 
+def stale_reuse(spec, root: Path, c: Collected) -> str:
+    """For a spec that reuses another's selection: the rows whose runs are at a point the other spec no longer
+    selects (its collected selection.json beside ``root``, else its out's), as a sentence; "" when none."""
+    from llmemf.experiments.spec import load_spec, selection_file
+
+    if not spec.reuse_selection:
+        return ""
+    other, _ = load_spec(spec.reuse_selection)
+    path = next((p for p in (root.parent / other.scenario / "selection.json", selection_file(other)) if p.is_file()), None)
+    now = json.loads(path.read_text()) if path else {}
+    changed = [
+        f"{label} ran at {_point(c.record(runs[0])['point'])}, {other.scenario} now selects {_point(now[label]['point'])}"
+        for label, runs in c.main_rows().items()
+        if label in now and c.record(runs[0])["point"] != now[label]["point"]
+    ]
+    return "; ".join(changed)
+
+
 def collected(spec, root: Path, chosen: list[str]) -> Collected:
     """A scenario's runs as the spec plans them: its rows in its order, each with the seeds it plans."""
     return Collected(root, [r.label for r in spec.rows], {r.label: list(spec.seeds_of(r, chosen)) for r in spec.rows})
@@ -358,6 +376,9 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
     if c.outside:
         extra = "; ".join(f"{label}: {len(runs)} ({', '.join(runs)})" for label, runs in c.outside.items())
         parts.append(f"Runs collected but not in the tables (seeds or rows the spec no longer plans): {extra}.")
+    stale = stale_reuse(spec, root, c)
+    if stale:
+        parts.append(f"**Stale**: {stale}. Run `llmemf compare --spec {spec.path}` again: it trains the points selected now.")
     main = c.main_rows()
     if not main:  # a spec stopped before its first row's selection
         parts += ["", "No row has finished its grid yet: the tables come once the first row's selected point has run."]
