@@ -393,6 +393,16 @@ def test_every_shipped_spec_and_model_config_is_a_valid_experiment():
     assert fk.n_strongest_by_validation == 3  # the issue's "three strongest baselines", chosen on validation
 
 
+def test_a_count_of_strongest_above_the_candidates_plans_only_the_runs_that_can_happen(tmp_path):
+    """strongest: 3 with one trainable baseline: one row gets the other seeds, so the tables plan 5 runs, not 7
+    (a headline waiting on runs that never come would say "part way" forever)."""
+    path = tmp_path / "s.yaml"
+    path.write_text("scenario: s\ndataset: d\nout: o\nepochs: 1\npatience: 1\nseeds: [1, 2]\nstrongest: 3\nrows: [pop, sasrec, llmemf]\n")
+    spec, _ = load_spec(path)
+    assert spec.planned_table_runs([]) == 1 + 1 + 2 + 1  # pop, sasrec, llmemf's two seeds, sasrec's second seed
+    assert spec.planned_table_runs(["sasrec"]) == 1 + 2 + 2
+
+
 def test_a_counted_strongest_gives_every_seed_to_the_best_baselines_on_validation(tiny_dataset, tmp_path, monkeypatch):
     spec = tmp_path / "spec.yaml"
     spec.write_text(

@@ -141,7 +141,8 @@ class Spec:
 
     def planned_table_runs(self, chosen: list[str]) -> int:
         """Runs of the main tables' selected points over their seeds, a counted ``strongest`` not chosen yet included."""
-        unchosen = max(self.n_strongest_by_validation - len(chosen), 0) * (len(self.seeds) - 1)
+        # before the choice: as many as there are candidates, up to N (after it, the chosen rows count their seeds)
+        unchosen = 0 if chosen else min(self.n_strongest_by_validation, len(strongest_candidates(self))) * (len(self.seeds) - 1)
         return sum(len(self.seeds_of(r, chosen)) for r in self.rows) + unchosen
 
     def seeds_of(self, row: Row, chosen: list[str] | tuple[str, ...] = ()) -> list[int]:
