@@ -119,6 +119,8 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     ):
         assert part in doc
     assert "ID + titles + LLM text" in doc and "lr=" in doc
+    described = json.loads((tmp_path / "results" / "tiny" / "dataset.json").read_text())
+    assert re.search(r"Items with a title: X \d+% \([\d,]+ of [\d,]+\), Y ", doc) and described["content_hash"] in doc
     left_out = "table-4 rows not run in this spec: + textual fusion; + textual + LLM-enhanced (needs LLM text); + visual fusion (needs item images);"
     assert left_out in doc
     assert "has not finished" not in doc
@@ -174,6 +176,11 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     assert res.exit_code == 2 and "runs that differ in dataset content hash cannot share tables" in res.output, res.output
     assert "0123456789abcdef" in res.output
     res_file.write_text(kept)
+    described_file = tmp_path / "results" / "tiny" / "dataset.json"
+    described_file.write_text(json.dumps({**described, "content_hash": "fedcba9876543210"}))
+    res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])
+    assert res.exit_code == 2 and "describes dataset content hash fedcba9876543210" in res.output, res.output
+    described_file.write_text(json.dumps(described))
     cfg_file = seed2 / "config.yaml"
     cfg_file.write_text(cfg_file.read_text().replace("hidden: 16", "hidden: 8"))
     res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])

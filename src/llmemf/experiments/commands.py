@@ -139,7 +139,7 @@ def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, ove
     specs = [load_spec(p, overrides)[0] for p in paths]
     if collect:
         for s in specs:
-            n = collect_runs(Path(s.out), results / s.scenario)
+            n = collect_runs(Path(s.out), results / s.scenario, Path(s.dataset))
             typer.echo(f"{s.title}: {n} finished runs collected from {s.out} into {results / s.scenario}")
     command = "llmemf report " + " ".join(f"--spec {p}" for p in paths)
     path = build_report(specs, results, doc, [command], log=typer.echo)

@@ -41,8 +41,38 @@ def cold_note(protocol: str, n_negatives: int) -> str:
     )
 
 
-def collect(runs_root: Path, dest: Path) -> int:
-    """Copy the spec's plan and every finished run's small files; returns how many runs were copied.
+DATASET_FILE = "dataset.json"  # in results/<scenario>/: the content hash and per-domain content coverage of the data
+CONTENT = {"title": "a title", "image": "an image", "llm_text": "LLM text"}
+
+
+def describe_dataset(dataset: Path) -> dict:
+    """The scenario's data as the report states it: content hash, and per domain its items and how many of them
+    carry each kind of content (a title, an image, LLM text)."""
+    from llmemf.data.dataset import Dataset
+
+    ds = Dataset.load(dataset)
+    domains = {}
+    for i, d in enumerate(ds.manifest.domains):
+        items = ds.items[ds.items["domain"] == i]
+        present = {c: int((items[c].notna() & (items[c].astype(str).str.len() > 0)).sum()) for c in CONTENT if c in items}
+        domains[d.name] = {"items": len(items), **present}
+    return {"content_hash": ds.manifest.content_hash, "domains": domains}
+
+
+def coverage_sentence(described: dict) -> str:
+    """'Items with a title: Food 29% (...), Kitchen 64% (...).' per kind of content some domain has."""
+    out = []
+    for c, words in CONTENT.items():
+        if any(d.get(c) for d in described["domains"].values()):
+            shares = [(name, d.get(c, 0), d["items"]) for name, d in described["domains"].items()]
+            per = ", ".join(f"{name} {100 * k / max(n, 1):.0f}% ({k:,} of {n:,})" for name, k, n in shares)
+            out.append(f"Items with {words}: {per}.")
+    return " ".join(out) or "No item has a title, an image or LLM text."
+
+
+def collect(runs_root: Path, dest: Path, dataset: Path | None = None) -> int:
+    """Copy the spec's plan and every finished run's small files, and ``dataset``'s description (where the
+    dataset is on this machine); returns how many runs were copied.
 
     The plan is merged, not replaced: a spec resumed on a new machine writes a plan of the runs it has
     reached so far, and the runs collected on earlier machines (their files already in ``dest``) keep
@@ -54,6 +84,8 @@ def collect(runs_root: Path, dest: Path) -> int:
     if (dest / "plan.json").is_file():
         earlier = json.loads((dest / "plan.json").read_text())
         plan += [r for r in earlier if r["run"] not in reached and (dest / r["run"] / "results.json").is_file()]
+    if dataset is not None and (dataset / "manifest.json").is_file():
+        atomic_write_bytes(dest / DATASET_FILE, (json.dumps(describe_dataset(dataset), indent=2) + "\n").encode())
     for src in runs_root.iterdir():  # the spec's own files: selection.json, estimate.md, strongest.json
         if src.is_file() and not src.name.startswith(".") and src.name != "plan.json":
             atomic_write_bytes(dest / src.name, src.read_bytes())
@@ -373,6 +405,14 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         f"for LLM-EMF and {spec.strongest_text(chosen)}, seed {spec.seeds[0]} for the rest. "
         "Test split, metrics in %, mean ± sample standard deviation over seeds."
     )
+    if (root / DATASET_FILE).is_file():
+        described = json.loads((root / DATASET_FILE).read_text())
+        if described["content_hash"] != c.dataset_hash:
+            raise UserError(
+                f"{root / DATASET_FILE} describes dataset content hash {described['content_hash']}, but the runs were trained on "
+                f"{c.dataset_hash}: collect again with the runs' dataset (`--set dataset=DIR`)"
+            )
+        parts.append(coverage_sentence(described))
     if c.outside:
         extra = "; ".join(f"{label}: {len(runs)} ({', '.join(runs)})" for label, runs in c.outside.items())
         parts.append(f"Runs collected but not in the tables (seeds or rows the spec no longer plans): {extra}.")
