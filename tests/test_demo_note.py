@@ -33,5 +33,5 @@ def test_note_names_the_domains_below_pop_with_a_paired_test():
     sas_b = np.maximum(1, pop // 2)  # clearly better on B
     note = below_pop_note({"pop": _result({"A": pop, "B": pop}), "sasrec": _result({"A": sas_a, "B": sas_b})})
     assert "A (c2dsr)" in note and "A (full)" in note and "B (" not in note
-    assert "paired Wilcoxon p = " in note and "over 150 users" in note
+    assert "paired t-test p = " in note and "over 150 users" in note
     assert below_pop_note({"pop": _result({"A": pop}), "sasrec": _result({"A": pop / 2 + 0.5})}) == ""

@@ -49,7 +49,7 @@ def below_pop_note(results: dict) -> str:
                 pc = paired_comparison(sas.ranks[d], pop.ranks[d])
                 users.append(pc.n_users)
                 lines.append(
-                    f"  {d} ({proto}): MRR {100 * pc.mrr_a:.2f} against {100 * pc.mrr_b:.2f}, paired Wilcoxon p = {pc.wilcoxon_p:.2g}, "
+                    f"  {d} ({proto}): MRR {100 * pc.mrr_a:.2f} against {100 * pc.mrr_b:.2f}, paired t-test p = {pc.ttest_p:.2g}, "
                     f"95% interval of the difference [{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}] over {pc.n_users} users"
                 )
     if not lines:
