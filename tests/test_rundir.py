@@ -222,3 +222,47 @@ def test_a_collected_run_is_restored_only_for_the_same_experiment_on_the_same_da
     other_hash = Dataset.load(copy).manifest.content_hash
     assert other_hash != data_hash
     assert not restore_finished_run(kept, tmp_path / "newer" / "sasrec", here, other_hash)
+
+
+def test_a_run_resumes_to_train_longer_never_shorter(tiny_dataset, tiny_bundle, tmp_path):
+    """A finished run asked for fewer epochs would train none and write the longer training's results under
+    the shorter config: refused, with the way out."""
+    from llmemf.training.trainer import RunDirConflict
+
+    run = tmp_path / "r"
+    train(_cfg(tiny_dataset.root, run, "train.epochs=2"), tiny_bundle, log=quiet)
+    with pytest.raises(RunDirConflict, match="resuming trains longer, never shorter"):
+        train(_cfg(tiny_dataset.root, run, "train.epochs=1"), tiny_bundle, log=quiet)
+    longer = train(_cfg(tiny_dataset.root, run, "train.epochs=3"), tiny_bundle, log=quiet)
+    assert len(longer.epoch_seconds) == 3
+
+
+def test_a_run_on_features_re_embedded_since_is_neither_reused_nor_restored(tiny_dataset, tmp_path):
+    """The dataset's content hash does not change when a feature is embedded again (another encoder): the
+    run records each feature's identity, and a finished run on the old features is refused, naming them."""
+    from llmemf.training.rundir import SMALL_FILES, restore_finished_run
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset.root, root)
+    bundle = DataBundle(Dataset.load(root), 10)
+    args = ["model.name=llmemf", "model.d_id=16", "model.modalities=[id,txt]", "model.txt_feature=txt_title", "train.epochs=1"]
+    cfg = load_config(None, [f"dataset={root}", f"out={tmp_path / 'run'}", "train.progress=false", "max_len=10", "eval.n_negatives=50", *args])
+    run_or_reuse(cfg, bundle, quiet)
+    recorded = json.loads((tmp_path / "run" / "results.json").read_text())["features"]
+    assert list(recorded) == ["txt_title"] and json.loads((tmp_path / "run" / "run.json").read_text())["features"] == recorded
+    assert matches_stored_experiment(tmp_path / "run", cfg)
+    kept = tmp_path / "kept"  # what report --collect keeps
+    kept.mkdir()
+    for name in SMALL_FILES:
+        if (tmp_path / "run" / name).is_file():
+            shutil.copy(tmp_path / "run" / name, kept / name)
+
+    manifest = root / "features" / "txt_title.json"
+    before = manifest.read_text()
+    manifest.write_text(json.dumps({**json.loads(before), "encoder": "another-encoder"}))
+    with pytest.raises(DatasetMismatch, match=r"feature\(s\) \['txt_title'\] .* re-embedded since"):
+        run_or_reuse(cfg, bundle, quiet)
+    elsewhere = dataclasses.replace(cfg, out=str(tmp_path / "new"))
+    assert not restore_finished_run(kept, tmp_path / "new", elsewhere, bundle.dataset.manifest.content_hash)
+    manifest.write_text(before)
+    assert restore_finished_run(kept, tmp_path / "new", elsewhere, bundle.dataset.manifest.content_hash)

@@ -106,6 +106,17 @@ def read_feature_manifest(dataset_root: str | Path, name: str) -> FeatureManifes
         raise FeatureError(f"{path}: unreadable feature manifest ({e}); recompute it with `llmemf embed {dataset_root} --force`") from None
 
 
+def feature_identity(dataset_root: str | Path, name: str) -> str:
+    """What a model trained on feature ``name`` of the dataset read, in 16 hex digits: the encoder, its weights,
+    the inputs and the shape and dtype of the matrix (its manifest's fields; the notes excepted). A run records it;
+    the same run on a feature re-embedded since is another experiment."""
+    m = read_feature_manifest(dataset_root, name)
+    if m is None:
+        raise FeatureError(f"{feature_dir(dataset_root)}/{name}.json: no such feature; compute it with `llmemf embed {dataset_root}`")
+    fields = {k: v for k, v in asdict(m).items() if k not in ("notes", "n_present")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_feature_identity(dataset_root: str | Path, manifest: FeatureManifest) -> None:
     """FeatureError unless the feature was computed for this dataset (content hash) from the item
     columns it holds now (inputs hash). Manifests written before these were recorded are not checked."""

@@ -48,6 +48,12 @@ class Recommender(nn.Module):
     def scores(self, batch: Batch, domain: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def features_read(cls, config: Any) -> list[str]:
+        """The dataset's feature files (``features/<name>.npy``) a model of ``config`` reads: a run records their
+        identity (features.store.feature_identity), so that a finished run is not reused on features re-embedded since."""
+        return []
+
     def fit(self, bundle: DataBundle) -> None:
         """Closed-form models compute their statistics here; called once before training."""
 

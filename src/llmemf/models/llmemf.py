@@ -123,6 +123,10 @@ class LLMEMF(Recommender):
     # subset, 3 seeds each, evaluated in fp32); the full softmax is a few large matmuls that bf16 halves.
     prefers_bf16 = True
 
+    @classmethod
+    def features_read(cls, config: LLMEMFConfig) -> list[str]:
+        return [name for m, name in (("img", config.img_feature), ("txt", config.txt_feature)) if m in config.modalities]
+
     def __init__(self, config: LLMEMFConfig, bundle: DataBundle):
         super().__init__(config, bundle)
         if "id" not in config.modalities or not set(config.modalities) <= set(MODALITIES):

@@ -1,7 +1,8 @@
 """The run directory: one experiment's files, who may write them, and whether a resume is the same experiment.
 
     config.yaml      the resolved config
-    run.json         the dataset it trains on: path and the manifest's content_hash
+    run.json         the dataset it trains on: path and the manifest's content_hash, and the identity of each
+                     feature file the model reads (``features_of``)
     last.pt          model + optimiser + loop state after the last completed epoch (for resume)
     last.prev.pt     the epoch before's last.pt (a hard link, no copy): resume falls back to it
     best.pt          model state_dict of the best validation epoch
@@ -97,6 +98,38 @@ def recorded_dataset_hash(run_dir: Path) -> str:
         return ""
 
 
+def features_of(cfg: RunConfig) -> dict[str, str]:
+    """The feature files ``cfg``'s model reads, each with its identity (features.store.feature_identity)."""
+    from llmemf.features.store import feature_identity
+
+    names = model_class(cfg.model_name).features_read(model_class(cfg.model_name).Config(**cfg.model_params))
+    return {name: feature_identity(cfg.dataset, name) for name in names}
+
+
+def recorded_features(run_dir: Path) -> dict[str, str] | None:
+    """The feature identities a run recorded (run.json, else results.json); None where it recorded none
+    (a run directory older than the record): it cannot be checked."""
+    for name in ("run.json", "results.json"):
+        try:
+            got = json.loads((Path(run_dir) / name).read_text()).get("features")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if got is not None:
+            return got
+    return None
+
+
+def check_features(run_dir: Path, cfg: RunConfig, current: dict[str, str], way_out: str) -> None:
+    """DatasetMismatch unless the run recorded the feature identities ``current`` (or recorded none)."""
+    stored = recorded_features(run_dir)
+    if stored is not None and stored != current:
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise DatasetMismatch(
+            f"{run_dir} was trained on feature(s) {changed} of {cfg.dataset} as they were before (identity "
+            f"{[stored.get(k) for k in changed]}, now {[current.get(k) for k in changed]}: re-embedded since?): {way_out}"
+        )
+
+
 def check_dataset(run_dir: Path, dataset: str | Path, current: str, way_out: str) -> None:
     """DatasetMismatch unless ``current`` is the hash ``run_dir`` recorded (or either is unknown)."""
     stored = recorded_dataset_hash(run_dir)
@@ -154,7 +187,9 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
         return False
     if same:
         current = dataset_hash if dataset_hash is not None else dataset_hash_of(cfg.dataset)
-        check_dataset(Path(run_dir), cfg.dataset, current, "retrain it with --fresh, or pass the dataset it was trained on")
+        way_out = "retrain it with --fresh, or pass the dataset it was trained on"
+        check_dataset(Path(run_dir), cfg.dataset, current, way_out)
+        check_features(Path(run_dir), cfg, features_of(cfg), way_out)
     return same
 
 
@@ -175,12 +210,15 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
         return False
     if not recorded or recorded != dataset_hash or not same_experiment(stored, cfg):
         return False
+    features = features_of(cfg)
+    if recorded_features(kept) not in (None, features):  # the features were re-embedded since: train it again
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in set(SMALL_FILES) - {"config.yaml", "results.json"}:  # those two are written below
         if (kept / name).is_file():
             atomic_write_bytes(run_dir / name, (kept / name).read_bytes())
     atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(cfg)).encode())
-    atomic_write_json(run_dir / "run.json", {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
+    atomic_write_json(run_dir / "run.json", {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features})
     atomic_write_bytes(run_dir / "results.json", (kept / "results.json").read_bytes())  # last: it marks the run finished
     return True
 
@@ -281,7 +319,16 @@ class RunDir:
                     f"{self.path} holds a checkpoint of a different experiment ({self.config} differs from this config): "
                     "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
                 )
-            check_dataset(self.path, cfg.dataset, dataset_hash, "start over with --fresh, or pass the dataset it was trained on")
+            way_out = "start over with --fresh, or pass the dataset it was trained on"
+            check_dataset(self.path, cfg.dataset, dataset_hash, way_out)
+            check_features(self.path, cfg, features_of(cfg), way_out)
+            stored = load_run_config(self.config) if self.config.exists() else cfg
+            if cfg.train.epochs < stored.train.epochs or cfg.train.patience < stored.train.patience:
+                raise RunDirConflict(
+                    f"{self.path} trained with train.epochs={stored.train.epochs}, train.patience={stored.train.patience}: "
+                    f"resuming trains longer, never shorter (asked: epochs={cfg.train.epochs}, patience={cfg.train.patience}); "
+                    "start over there with --fresh (resume=False), or choose another run directory"
+                )
         state = self._resume_state() if resume and self.last.exists() else None
         if state is None:  # a fresh start: nothing of an earlier experiment may be resumed, reused or loaded later
             for stale in (self.last, self.prev, self.best):
@@ -292,7 +339,7 @@ class RunDir:
         # results.json describes a finished training; until this one finishes, nothing may reuse the old one.
         self.results.unlink(missing_ok=True)
         atomic_write_bytes(self.config, config_to_yaml(resolved(cfg)).encode())
-        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash})
+        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features_of(cfg)})
         return state
 
     # ---- checkpoints -------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from llmemf.training.rundir import (
     RunDirConflict,
     check_dataset,
     code_version,
+    features_of,
     load_checkpoint,
     load_run_config,
     matches_stored_experiment,
@@ -225,6 +226,7 @@ def _train(cfg: RunConfig, run: RunDir, bundle: DataBundle | None, resume: bool,
                 "valid": {p: r.to_dict() for p, r in valid.items()},
                 "test": {p: r.to_dict() for p, r in test.items()},
                 "test_cold_targets": cold,
+                "features": features_of(cfg),  # the identity of each feature file the model read
                 "code": code_version(),  # of the process that finished the run (a resumed run may have started on another)
             }
         )
