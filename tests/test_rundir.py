@@ -262,6 +262,8 @@ def test_a_run_on_features_re_embedded_since_is_neither_reused_nor_restored(tiny
     manifest.write_text(json.dumps({**json.loads(before), "encoder": "another-encoder"}))
     with pytest.raises(DatasetMismatch, match=r"feature\(s\) \['txt_title'\] .* re-embedded since"):
         run_or_reuse(cfg, bundle, quiet)
+    with pytest.raises(DatasetMismatch, match="re-embedded since"):  # evaluate / serve / recommend rebuild its keys from them
+        load_run(tmp_path / "run", bundle=bundle)
     elsewhere = dataclasses.replace(cfg, out=str(tmp_path / "new"))
     assert not restore_finished_run(kept, tmp_path / "new", elsewhere, bundle.dataset.manifest.content_hash)
     manifest.write_text(before)

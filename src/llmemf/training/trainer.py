@@ -39,6 +39,7 @@ from llmemf.training.rundir import (
     RunDirBusy,
     RunDirConflict,
     check_dataset,
+    check_features,
     code_version,
     features_of,
     load_checkpoint,
@@ -244,7 +245,9 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, bundle: Data
     cfg = load_run_config(cfg_path, [f"dataset={dataset}"] if dataset else None)
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
-    check_dataset(run_dir, cfg.dataset, bundle.dataset.manifest.content_hash, "evaluate it on the dataset it was trained on, or retrain on this one")
+    way_out = "evaluate it on the dataset it was trained on, or retrain on this one"
+    check_dataset(run_dir, cfg.dataset, bundle.dataset.manifest.content_hash, way_out)
+    check_features(run_dir, cfg, features_of(cfg), way_out)  # its frozen keys are built from them
     if problem := verify_checkpoint(ckpt):
         raise CheckpointDamaged(f"{ckpt} is damaged ({problem}): retrain the run, or load another checkpoint")
     model = build_model(cfg.model_name, cfg.model_params, bundle)
