@@ -81,3 +81,15 @@ def test_bad_argument_is_one_line_and_exit_2(command, places):
         assert lines, "click prints a usage error on stderr"
         return
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+
+
+def test_compare_with_a_spec_refuses_the_options_it_would_ignore(places, tmp_path):
+    """--dataset, --out, --models, --fresh and --nproc describe a compare without a spec: given with --spec
+    they used to be ignored (training on the spec's dataset while the user named another)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"scenario: s\ndataset: {places['ds']}\nout: {tmp_path / 'out'}\nepochs: 1\npatience: 1\nrows: [pop]\n")
+    res = CliRunner().invoke(app, ["compare", "--spec", str(spec), "--dataset", places["ds"], "--fresh"])
+    assert res.exit_code == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--dataset, --fresh apply without a spec only" in lines[0] and "dataset=DIR" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -149,6 +149,9 @@ def _report_spec(paths: list[Path], collect: bool, results: Path, doc: Path, ove
         typer.echo(f"wrote the headline tables into {readme}")
 
 
+DEFAULT_MODELS = "pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def compare(
@@ -163,7 +166,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(
             1, "--workers", min=1, help="with --spec: train N runs at once, in N processes (give each its share of the cores: train.threads=T)"
         ),
-        models: str = typer.Option("pop,itemknn,bprmf,ncf_mlp,gru4rec,sasrec,srgnn,pinet,psjnet,c2dsr,tricdr,mifn,llmemf", "--models"),
+        models: str = typer.Option(DEFAULT_MODELS, "--models"),
         out: Path | None = typer.Option(None, "--out", "-o", help="default runs/<dataset>/compare"),
         fresh: bool = typer.Option(False, "--fresh", help="retrain every model from epoch 0 instead of reusing or resuming its run"),
         nproc: int = typer.Option(0, "--nproc", help="train each model on N processes of this machine (runs torchrun; docs/distributed.md)"),
@@ -177,6 +180,14 @@ def register(app: typer.Typer) -> None:
         from llmemf.experiments.runner import compare_configs
 
         if spec is not None:
+            ignored = {"--dataset": dataset is not None, "--out": out is not None, "--fresh": fresh, "--nproc": nproc != 0}
+            ignored["--models"] = models != DEFAULT_MODELS
+            given = [k for k, v in ignored.items() if v]
+            if given:
+                raise UserError(
+                    f"compare --spec: {', '.join(given)} apply without a spec only; the spec names its dataset, out and rows "
+                    "(override them with dataset=DIR, out=DIR, rows=[...]), and reuses or resumes every run"
+                )
             return _compare_spec(spec, list(overrides or []), estimate_only, workers, no_estimate)
         if dataset is None:
             raise UserError("compare: give --dataset DIR (with --models) or --spec FILE")
