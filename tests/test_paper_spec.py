@@ -410,6 +410,28 @@ def test_a_count_of_strongest_above_the_candidates_plans_only_the_runs_that_can_
     assert spec.planned_table_runs(["sasrec"]) == 1 + 2 + 2
 
 
+def test_a_spec_s_sweeps_and_ablation_are_checked_before_anything_trains(tmp_path):
+    """A mistake in the sensitivity sweep or the ablation used to surface after the tables' runs, hours later,
+    some as a traceback."""
+    import pytest
+
+    from llmemf.errors import UserError
+
+    head = "scenario: s\ndataset: d\nout: o\nepochs: 1\npatience: 1\nrows: [pop, llmemf]\n"
+    cases = {
+        "sensitivity: {axes: {model.gamma_s+model.gamma_xy: [0.3, 1.0]}}": "each value must list 2 numbers, got 0.3",
+        "sensitivity: {base: llmemff, axes: {model.beta: [0.1]}}": "no row labelled 'llmemff'",
+        "ablation: {table4: [7]}": "ablation.table4 [7]: the paper's table-4 rows are 1..6",
+        "ablation: {table4: [0]}": "ablation.table4 [0]",
+        "grid: {train.lr: 0.001}": "axis 'train.lr': give a list of values",
+    }
+    for i, (tail, message) in enumerate(cases.items()):
+        path = tmp_path / f"s{i}.yaml"
+        path.write_text(head + tail + "\n")
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_spec(path)
+
+
 def test_a_counted_strongest_gives_every_seed_to_the_best_baselines_on_validation(tiny_dataset, tmp_path, monkeypatch):
     spec = tmp_path / "spec.yaml"
     spec.write_text(

@@ -207,7 +207,31 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spe
         raise UserError(f"--spec {path}: strongest={spec.strongest!r}: give row labels, or how many baselines (0 or more)")
     for name in spec.named_strongest:
         spec.row(name)
+    _check_points(spec)
     return spec, run
+
+
+def _check_points(spec: Spec) -> None:
+    """Every grid, ablation and sensitivity field checked before anything trains: a mistake in the sensitivity
+    sweep must not surface hours later, after the tables' runs."""
+    from llmemf.experiments.runner import ABLATIONS
+
+    axes = {**spec.grid, **{k: v for r in spec.rows for k, v in r.grid.items()}, **(spec.sensitivity.axes if spec.sensitivity else {})}
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"--spec {spec.path}: axis {key!r}: give a list of values, got {values!r}")
+        for v in values:
+            try:
+                point_overrides({key: v})  # a joint axis a+b needs [a, b] per value
+            except UserError as e:
+                raise UserError(f"--spec {spec.path}: {e.one_line()}") from None
+    if spec.ablation:
+        spec.row(spec.ablation.base)
+        bad = [i for i in spec.ablation.table4 if not (isinstance(i, int) and 1 <= i <= len(ABLATIONS))]
+        if bad:
+            raise UserError(f"--spec {spec.path}: ablation.table4 {bad}: the paper's table-4 rows are 1..{len(ABLATIONS)}")
+    if spec.sensitivity:
+        spec.row(spec.sensitivity.base)
 
 
 def point_overrides(point: Point) -> list[str]:
@@ -216,7 +240,7 @@ def point_overrides(point: Point) -> list[str]:
     for key, value in point.items():
         keys = key.split("+")
         values = value if len(keys) > 1 else [value]
-        if len(values) != len(keys):
+        if not isinstance(values, list) or len(values) != len(keys):
             raise UserError(f"grid axis {key!r}: each value must list {len(keys)} numbers, got {value!r}")
         out += [f"{k}={_fmt(v)}" for k, v in zip(keys, values, strict=True)]
     return out
