@@ -167,6 +167,16 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     fewer = (tmp_path / "docs" / "fewer.md").read_text()
     assert "Runs collected but not in the tables (seeds or rows the spec no longer plans): sasrec: 1 (sasrec/train.lr_" in fewer
     assert "| sasrec | ID | " in fewer and not re.search(r"\| sasrec \| ID \| [^|]+ \| 2 \|", fewer)
+    # An ablation run made around another point than the base row selects now is named as stale.
+    assert "**Stale**" not in doc
+    ablation_cfg = next((tmp_path / "results" / "tiny" / "ablation").glob("*/seed1/config.yaml"))
+    kept_cfg = ablation_cfg.read_text()
+    lr = re.search(r"\n  lr: (\S+)\n", kept_cfg).group(1)
+    ablation_cfg.write_text(kept_cfg.replace(f"\n  lr: {lr}\n", "\n  lr: 0.5\n"))
+    _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/stale.md")
+    stale = (tmp_path / "docs" / "stale.md").read_text()
+    assert re.search(rf"\*\*Stale\*\*: ablation '[^']+' \(ablation/[^)]+\) ran at lr=0.5, llmemf now selects lr={lr}", stale)
+    ablation_cfg.write_text(kept_cfg)
     # Runs that cannot share a table are refused, naming them: another dataset, a seed at another point.
     seed2 = next((tmp_path / "results" / "tiny" / "sasrec").glob("*/seed2"))
     res_file = seed2 / "results.json"

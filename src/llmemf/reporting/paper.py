@@ -379,6 +379,37 @@ def stale_reuse(spec, root: Path, c: Collected) -> str:
     return "; ".join(changed)
 
 
+def _value(cfg, key: str):
+    """A config's value of ``train.lr`` / ``model.beta``-style keys."""
+    section, _, name = key.partition(".")
+    return cfg.model_params.get(name) if section == "model" else getattr(getattr(cfg, section), name, None)
+
+
+def stale_sweeps(spec, c: Collected) -> str:
+    """The ablation and sensitivity runs made around another point than the one their base row selects now
+    (a grid rerun since, or a reused selection that changed), as a sentence; "" when none."""
+    from llmemf.experiments.runner import ABLATIONS
+
+    out = []
+    for kind, part in (("ablation", spec.ablation), ("sensitivity", spec.sensitivity)):
+        if part is None or part.base not in c.main_rows():
+            continue
+        base_run = c.main_rows()[part.base][0]
+        base_cfg = c.config(base_run)
+        keys = [k for key in c.record(base_run)["point"] for k in key.split("+")]
+        defined = {**ABLATIONS, **part.extra} if kind == "ablation" else {}
+        for label, runs in c.kind_groups(kind).items():
+            own = {o.split("=", 1)[0] for o in defined[label]} if label in defined else set(label.split("+"))  # what the row itself sets
+            for run in runs:
+                cfg = c.config(run)
+                moved = [k for k in keys if k not in own and _value(cfg, k) != _value(base_cfg, k)]
+                if moved:
+                    was = ", ".join(f"{k.split('.', 1)[1]}={_value(cfg, k)}" for k in moved)
+                    now = ", ".join(f"{k.split('.', 1)[1]}={_value(base_cfg, k)}" for k in moved)
+                    out.append(f"{kind} '{label}' ({run}) ran at {was}, {part.base} now selects {now}")
+    return "; ".join(out)
+
+
 def collected(spec, root: Path, chosen: list[str]) -> Collected:
     """A scenario's runs as the spec plans them: its rows in its order, each with the seeds it plans."""
     return Collected(root, [r.label for r in spec.rows], {r.label: list(spec.seeds_of(r, chosen)) for r in spec.rows})
@@ -416,7 +447,7 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
     if c.outside:
         extra = "; ".join(f"{label}: {len(runs)} ({', '.join(runs)})" for label, runs in c.outside.items())
         parts.append(f"Runs collected but not in the tables (seeds or rows the spec no longer plans): {extra}.")
-    stale = stale_reuse(spec, root, c)
+    stale = "; ".join(x for x in (stale_reuse(spec, root, c), stale_sweeps(spec, c)) if x)
     if stale:
         parts.append(f"**Stale**: {stale}. Run `llmemf compare --spec {spec.path}` again: it trains the points selected now.")
     main = c.main_rows()
