@@ -75,6 +75,17 @@ def test_compare_does_not_reuse_results_of_other_data(tiny_dataset, tiny_bundle,
     assert fresh["dataset_content_hash"] == new_ds.manifest.content_hash
 
 
+def test_a_finished_run_is_reused_on_a_copy_of_its_dataset_elsewhere(tiny_dataset, tiny_bundle, tmp_path):
+    """The dataset moved (another machine, another folder): its content hash is the same, so the finished run is
+    reused, not refused as another experiment (the spec's runs used to conflict over the path alone)."""
+    cfg = load_config(None, [f"dataset={tiny_dataset.root}", f"out={tmp_path / 'pop'}", "model.name=pop", "max_len=10", "eval.n_negatives=50"])
+    run_or_reuse(cfg, tiny_bundle, quiet)
+    copy = shutil.copytree(tiny_dataset.root, tmp_path / "copy")
+    lines: list[str] = []
+    run_or_reuse(dataclasses.replace(cfg, dataset=str(copy)), DataBundle(Dataset.load(copy), 10), lines.append)
+    assert any("reusing" in line for line in lines), lines
+
+
 def test_evaluate_refuses_another_dataset_and_accepts_a_copy(tiny_dataset, tiny_bundle, tmp_path, make_tiny):
     train(_cfg(tiny_dataset.root, tmp_path / "r", "train.epochs=1"), tiny_bundle, log=quiet)
     copy = shutil.copytree(tiny_dataset.root, tmp_path / "copy")

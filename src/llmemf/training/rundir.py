@@ -158,8 +158,8 @@ def load_run_config(path: Path, overrides: list[str] | None = None) -> RunConfig
 
 
 def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
-    """Equal configs up to how they execute (threads, progress bar) and where the run directory
-    lives, with every model field resolved to its value (a default written out equals a default
+    """Equal configs up to how they execute (threads, progress bar) and where the run directory and the
+    dataset live (the dataset's content hash is checked apart), with every model field resolved to its value (a default written out equals a default
     left out): a sweep resumed with more threads, after a model gained a field, or given a finished
     run directory copied in from elsewhere, reuses its finished runs. ``longer``: also ignore when
     training stops (epochs, patience, max_minutes), which is what resuming to train longer changes."""
@@ -168,7 +168,8 @@ def same_experiment(a: RunConfig, b: RunConfig, longer: bool = False) -> bool:
         train = dataclasses.replace(c.train, threads=0, progress=True)
         if longer:
             train = dataclasses.replace(train, epochs=0, patience=0, max_minutes=0.0)
-        return config_to_yaml(dataclasses.replace(resolved(c), out="", train=train))
+        # where the dataset lives is not what it is: its content hash is checked apart (check_dataset)
+        return config_to_yaml(dataclasses.replace(resolved(c), out="", dataset="", train=train))
 
     return normalised(a) == normalised(b)
 
