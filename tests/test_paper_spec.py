@@ -226,7 +226,17 @@ def test_a_row_may_name_a_config_variant(tiny_dataset, tmp_path):
     text = _invoke("compare", "--spec", spec, "--estimate-only", rows, "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
     assert "| c2dsr fast | c2dsr |" in text
     bad = CliRunner().invoke(
-        app, ["compare", "--spec", str(spec), "--estimate-only", "rows=[{label: x, model: sasrec, config: nosuch}]", "strongest=[]"]
+        app,
+        [
+            "compare",
+            "--spec",
+            str(spec),
+            "--estimate-only",
+            "rows=[{label: x, model: sasrec, config: nosuch}]",
+            "strongest=[]",
+            "ablation=null",
+            "sensitivity=null",
+        ],
     )
     assert bad.exit_code == 2 and "no configs/models/nosuch.yaml" in bad.output
 
