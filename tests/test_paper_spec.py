@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from llmemf.cli import app
@@ -428,6 +429,18 @@ def test_a_count_of_strongest_above_the_candidates_plans_only_the_runs_that_can_
     spec, _ = load_spec(path)
     assert spec.planned_table_runs([]) == 1 + 1 + 2 + 1  # pop, sasrec, llmemf's two seeds, sasrec's second seed
     assert spec.planned_table_runs(["sasrec"]) == 1 + 2 + 2
+
+
+def test_a_run_without_a_validation_mrr_is_never_selected():
+    """A domain with no validation users has MRR NaN; max() over scores with a NaN depends on the order."""
+    from llmemf.experiments.spec import valid_score
+
+    def res(*mrr):
+        return {"valid": {"c2dsr": {"metrics": {f"D{i}": {"MRR": m} for i, m in enumerate(mrr)}}}}
+
+    scores = [valid_score(res(float("nan"), 0.2), "c2dsr"), valid_score(res(0.01, 0.02), "c2dsr")]
+    assert scores[0] == float("-inf") and max(range(2), key=scores.__getitem__) == 1
+    assert valid_score(res(0.1, 0.3), "c2dsr") == pytest.approx(0.2)
 
 
 def test_a_spec_s_sweeps_and_ablation_are_checked_before_anything_trains(tmp_path):

@@ -348,7 +348,10 @@ def count_runs(spec: Spec) -> dict[str, int]:
 
 
 def valid_score(res: dict, protocol: str) -> float:
-    return float(np.mean([m["MRR"] for m in res["valid"][protocol]["metrics"].values()]))
+    """Mean validation MRR of the domains under ``protocol``: what every selection maximises. A domain without
+    validation users has no MRR (NaN); a NaN would win or lose ``max`` by its place in the list, so it ranks last."""
+    score = float(np.mean([m["MRR"] for m in res["valid"][protocol]["metrics"].values()]))
+    return score if score == score else float("-inf")
 
 
 def selection_file(spec: Spec) -> Path:
