@@ -446,8 +446,6 @@ def test_a_run_without_a_validation_mrr_is_never_selected():
 def test_a_spec_s_sweeps_and_ablation_are_checked_before_anything_trains(tmp_path):
     """A mistake in the sensitivity sweep or the ablation used to surface after the tables' runs, hours later,
     some as a traceback."""
-    import pytest
-
     from llmemf.errors import UserError
 
     head = "scenario: s\ndataset: d\nout: o\nepochs: 1\npatience: 1\nrows: [pop, llmemf]\n"
