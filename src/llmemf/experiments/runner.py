@@ -177,7 +177,7 @@ def ablate(
         groups[label] = []
         for seed in seeds:
             log(f"[{label}] seed {seed}")
-            cfg = run_config("llmemf", dataset, out / f"{k}_{_slug(label)}" / f"seed{seed}", [*overrides, *ab, f"seed={seed}"])
+            cfg = run_config("llmemf", dataset, out / f"{k}_{slug(label)}" / f"seed{seed}", [*overrides, *ab, f"seed={seed}"])
             groups[label].append(run_or_reuse(cfg, bundle, log))
     return groups
 
@@ -200,10 +200,11 @@ def tune(
     results = []
     for point in grid_points(grid):
         log(f"[{' '.join(point)}]")
-        cfg = run_config(model, dataset, out / _slug("_".join(point)), [*overrides, *point])
+        cfg = run_config(model, dataset, out / slug("_".join(point)), [*overrides, *point])
         results.append((point, run_or_reuse(cfg, bundle, log)))
     return results
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_")[:80]
+def slug(text: str) -> str:
+    """A run directory's name for a label or a grid point: letters, digits and ._- kept, the rest _."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_")[:80] or "default"

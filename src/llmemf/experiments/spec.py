@@ -43,6 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llmemf.config import RunConfig, config_to_yaml
 from llmemf.errors import UserError
+from llmemf.experiments.runner import slug
 from llmemf.io import atomic_write_bytes, file_lock
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
@@ -257,10 +258,6 @@ def grid_product(grid: dict[str, list]) -> list[Point]:
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))] or [{}]
 
 
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_")[:80] or "default"
-
-
 def point_slug(point: Point) -> str:
     return slug("_".join(point_overrides(point))) if point else "default"
 
@@ -372,7 +369,7 @@ def _finished(spec: Spec, sub: str, pattern: str) -> int:
     return len({p.relative_to(root) for root in (Path(spec.out), results_dir(spec)) for p in (root / sub).glob(pattern)})
 
 
-def reused_selection(spec: Spec, run_overrides: list[str]) -> tuple[dict[str, dict], Path]:
+def reused_selection(spec: Spec) -> tuple[dict[str, dict], Path]:
     """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/), and
     the file they came from. A spec still running has selected only some of its rows so far."""
     other, _ = load_spec(spec.reuse_selection)
@@ -504,7 +501,7 @@ def run_spec(
 
     selection: dict[str, dict] = {}
     selected_runs: dict[str, PlannedRun] = {}  # label -> the run of its selected point at the first seed
-    chosen_prev, chosen_from = reused_selection(spec, run_overrides) if spec.reuse_selection else ({}, None)
+    chosen_prev, chosen_from = reused_selection(spec) if spec.reuse_selection else ({}, None)
 
     def run_row(row: Row) -> None:
         seed0 = spec.seeds[0]
