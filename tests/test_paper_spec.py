@@ -186,6 +186,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])
     assert res.exit_code == 2 and "runs that differ in dataset content hash cannot share tables" in res.output, res.output
     assert "0123456789abcdef" in res.output
+    res_file.write_text(json.dumps({**json.loads(kept), "train_bf16": not json.loads(kept)["train_bf16"]}))
+    _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/mixed.md")
+    mixed = (tmp_path / "docs" / "mixed.md").read_text()
+    assert "Rows whose seeds trained in bf16 and in fp32 (machines with and without native bf16): sasrec." in mixed
     res_file.write_text(kept)
     described_file = tmp_path / "results" / "tiny" / "dataset.json"
     described_file.write_text(json.dumps({**described, "content_hash": "fedcba9876543210"}))

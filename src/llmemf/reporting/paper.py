@@ -444,6 +444,9 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
                 f"{c.dataset_hash}: collect again with the runs' dataset (`--set dataset=DIR`)"
             )
         parts.append(coverage_sentence(described))
+    mixed = [label for label, runs in c.main_rows().items() if len({c.results[r].get("train_bf16") for r in runs}) > 1]
+    if mixed:
+        parts.append(f"Rows whose seeds trained in bf16 and in fp32 (machines with and without native bf16): {', '.join(mixed)}.")
     if c.outside:
         extra = "; ".join(f"{label}: {len(runs)} ({', '.join(runs)})" for label, runs in c.outside.items())
         parts.append(f"Runs collected but not in the tables (seeds or rows the spec no longer plans): {extra}.")
