@@ -68,7 +68,10 @@ def _write_estimate(spec, run_overrides: list[str], out: Path) -> None:
     typer.echo(f"{spec.title}: timing a few training steps of each row on {spec.dataset}")
     load = os.getloadavg()[0]
     header, rows, hours = estimate(spec, run_overrides, log=typer.echo)
-    note = "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included)"
+    note = (
+        "(training only, at the epoch cap: early stopping ends most runs sooner; per-epoch validation not included; "
+        "a run equal to one already made, e.g. an ablation row at the selected point, is counted though it is reused)"
+    )
     if load >= 0.5 * (os.cpu_count() or 1):
         # steps timed beside other work are slower than the runs will be (docs/cost.md, "The paper specs")
         note += f"\n(timed at load average {load:.1f} on {os.cpu_count()} cores: other work on the cores inflates these hours)"
