@@ -51,3 +51,32 @@ def test_unpaired_inputs_are_refused():
         paired_comparison(np.array([1, 2]), np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="no users"):
         paired_comparison(np.array([]), np.array([]))
+
+
+def test_a_domain_without_test_users_gets_a_row_that_says_so_not_a_crash(tmp_path):
+    """The report's paired table over a scenario whose domain Y has no test user (a tiny or filtered log)."""
+    import json
+
+    from llmemf.config import config_to_yaml, load_config
+    from llmemf.reporting.paper import Collected, significance_table
+
+    plan = []
+    for label, model, rr in (("pop", "pop", [1.0, 4.0, 9.0]), ("llmemf", "llmemf", [1.0, 2.0, 3.0])):
+        run = tmp_path / label / "seed1"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(config_to_yaml(load_config(None, [f"model.name={model}", f"dataset={tmp_path}"])))
+        metrics = {"X": {"MRR": float(np.mean(1 / np.array(rr)))}, "Y": {"MRR": float("nan")}}
+        (run / "results.json").write_text(json.dumps({"model": model, "dataset_content_hash": "h", "test": {"c2dsr": {"metrics": metrics}}}))
+        arrays = {}
+        for d, ranks in (("X", np.array(rr, np.float32)), ("Y", np.zeros(0, np.float32))):
+            arrays[f"test__{d}__users_sha"] = np.array("u" + d)
+            arrays[f"test__{d}__targets"] = np.arange(len(ranks), dtype=np.int32)
+            arrays[f"test__{d}__cold"] = np.zeros(len(ranks), bool)
+            arrays[f"test__c2dsr__{d}__ranks"] = ranks
+        np.savez(run / "ranks.npz", **arrays)
+        plan.append({"kind": "grid", "label": label, "model": model, "point": {}, "seed": 1, "run": f"{label}/seed1", "selected": True})
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    header, rows = significance_table(Collected(tmp_path, ["pop", "llmemf"]), "c2dsr", "llmemf")
+    by_domain = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert by_domain["X"]["users"] == "3" and by_domain["X"]["best baseline"] == "pop"
+    assert by_domain["Y"]["paired t p"] == "no test users" and by_domain["Y"]["users"] == "0"

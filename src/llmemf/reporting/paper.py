@@ -273,9 +273,11 @@ def _paired_cells(c: Collected, a: tuple[str, list[str]], b: tuple[str, list[str
         return None
     if ra[0] != rb[0]:
         raise UserError(f"{c.root}: {a[0]} and {b[0]} ranked different test users")
+    paired = ", ".join(str(x) for x in shared) if shared else f"{len(runs_a)} runs each"
+    if len(ra[1]) == 0:
+        return [paired, "", "", "", "no test users", "", "", "0"]
     pc = paired_comparison(1.0 / ra[1], 1.0 / rb[1])
     ci = f"[{100 * pc.bootstrap_low:.2f}, {100 * pc.bootstrap_high:.2f}]"
-    paired = ", ".join(str(x) for x in shared) if shared else f"{len(runs_a)} runs each"
     return [paired, 100 * pc.mrr_a, 100 * pc.mrr_b, 100 * pc.relative_gain, f"{pc.ttest_p:.2g}", ci, f"{pc.wilcoxon_p:.2g}", str(pc.n_users)]
 
 
