@@ -369,6 +369,19 @@ def _finished(spec: Spec, sub: str, pattern: str) -> int:
     return len({p.relative_to(root) for root in (Path(spec.out), results_dir(spec)) for p in (root / sub).glob(pattern)})
 
 
+def _finished_records(spec: Spec, kind: str) -> int:
+    """Records of ``kind`` (ablation, sensitivity) in the spec's plan whose run has finished: a record equal to a
+    run already made points at that run's directory (an ablation row at the selected point is the selected run)."""
+    done = set()
+    for root in (Path(spec.out), results_dir(spec)):
+        plan = root / "plan.json"
+        if plan.is_file():
+            for r in json.loads(plan.read_text()):
+                if r["kind"] == kind and (root / r["run"] / "results.json").is_file():
+                    done.add((r["label"], r["seed"], json.dumps(r["point"], sort_keys=True)))
+    return len(done)
+
+
 def reused_selection(spec: Spec) -> tuple[dict[str, dict], Path]:
     """Another spec's selected points (its out/selection.json, else its collected results/<scenario>/), and
     the file they came from. A spec still running has selected only some of its rows so far."""
@@ -744,7 +757,7 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
             base = spec.row(getattr(spec, extra).base)
             match = next(r for r in rows if r[0] == base.label)
             seconds = run_seconds[base.label]
-            finished = _finished(spec, extra, "**/results.json")
+            finished = max(_finished(spec, extra, "**/results.json"), _finished_records(spec, extra))
             left = seconds * max(counts[extra] - finished, 0) / 3600
             total += left
             rows.append(
