@@ -369,15 +369,16 @@ def _finished(spec: Spec, sub: str, pattern: str) -> int:
     return len({p.relative_to(root) for root in (Path(spec.out), results_dir(spec)) for p in (root / sub).glob(pattern)})
 
 
-def _finished_records(spec: Spec, kind: str) -> int:
-    """Records of ``kind`` (ablation, sensitivity) in the spec's plan whose run has finished: a record equal to a
-    run already made points at that run's directory (an ablation row at the selected point is the selected run)."""
+def _finished_records(spec: Spec, kinds: tuple[str, ...], label: str | None = None) -> int:
+    """Records of ``kinds`` (of row ``label``) in the spec's plan whose run has finished: a record equal to a run
+    already made points at that run's directory (an ablation row at the selected point is the selected run, an
+    own-grid point at the defaults the grid's run)."""
     done = set()
     for root in (Path(spec.out), results_dir(spec)):
         plan = root / "plan.json"
         if plan.is_file():
             for r in json.loads(plan.read_text()):
-                if r["kind"] == kind and (root / r["run"] / "results.json").is_file():
+                if r["kind"] in kinds and label in (None, r["label"]) and (root / r["run"] / "results.json").is_file():
                     done.add((r["label"], r["seed"], json.dumps(r["point"], sort_keys=True)))
     return len(done)
 
@@ -738,7 +739,9 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
         step_s, steps, _ = per_model[_normalised(dataclasses.replace(cfg, seed=0, out=""))]
         run_seconds[row.label] = seconds
         n = counts[row.label]
-        finished = min(_finished(spec, slug(row.label), "*/seed*/results.json"), n)  # a counted strongest's seeds are its own row
+        # a counted strongest's seeds are its own row
+        made = max(_finished(spec, slug(row.label), "*/seed*/results.json"), _finished_records(spec, ("grid", "own_grid", "seed"), row.label))
+        finished = min(made, n)
         left = seconds * (n - finished) / 3600
         total += left
         epochs = str(cfg.train.epochs) if _trainable(row.model) else "-"
@@ -757,7 +760,7 @@ def estimate(spec: Spec, run_overrides: list[str], n_steps: int = 5, log: Callab
             base = spec.row(getattr(spec, extra).base)
             match = next(r for r in rows if r[0] == base.label)
             seconds = run_seconds[base.label]
-            finished = max(_finished(spec, extra, "**/results.json"), _finished_records(spec, extra))
+            finished = max(_finished(spec, extra, "**/results.json"), _finished_records(spec, (extra,)))
             left = seconds * max(counts[extra] - finished, 0) / 3600
             total += left
             rows.append(
