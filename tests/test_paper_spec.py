@@ -157,8 +157,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     estimate = _invoke("compare", "--spec", spec, "--estimate-only", "train.threads=1")
     assert "estimated compute left: 0.00 h" in estimate, estimate
     # the sweep's beta 0.1 is the selected run (its plan record points there): finished, though not under sensitivity/
-    sens_row = next(line for line in estimate.splitlines() if line.startswith("| sensitivity |"))
-    assert [c.strip() for c in sens_row.split("|")][7:9] == ["2", "2"], sens_row
+    # and LLM-EMF's own-grid point equal to the grid's run is that run
+    for row, n in (("sensitivity", "2"), ("llmemf", "5")):
+        line = next(line for line in estimate.splitlines() if line.startswith(f"| {row} |"))
+        assert [c.strip() for c in line.split("|")][7:9] == [n, n], line
     third = _invoke("compare", "--spec", spec, "train.threads=1")
     assert "epoch   1" not in third and third.count("restored from") == 11
     assert json.loads((runs / "selection.json").read_text()) == selection
