@@ -102,8 +102,8 @@ def features_of(cfg: RunConfig) -> dict[str, str]:
     """The feature files ``cfg``'s model reads, each with its identity (features.store.feature_identity)."""
     from llmemf.features.store import feature_identity
 
-    names = model_class(cfg.model_name).features_read(model_class(cfg.model_name).Config(**cfg.model_params))
-    return {name: feature_identity(cfg.dataset, name) for name in names}
+    cls = model_class(cfg.model_name)
+    return {name: feature_identity(cfg.dataset, name) for name in cls.features_read(cls.Config(**cfg.model_params))}
 
 
 def recorded_features(run_dir: Path) -> dict[str, str] | None:
@@ -117,6 +117,13 @@ def recorded_features(run_dir: Path) -> dict[str, str] | None:
         if got is not None:
             return got
     return None
+
+
+def check_data(run_dir: Path, cfg: RunConfig, dataset_hash: str, features: dict[str, str], way_out: str) -> None:
+    """DatasetMismatch unless the run was trained on this data: the dataset's content hash and the identity of
+    every feature file its model reads (``check_dataset``, ``check_features``)."""
+    check_dataset(run_dir, cfg.dataset, dataset_hash, way_out)
+    check_features(run_dir, cfg, features, way_out)
 
 
 def check_features(run_dir: Path, cfg: RunConfig, current: dict[str, str], way_out: str) -> None:
@@ -188,9 +195,7 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
         return False
     if same:
         current = dataset_hash if dataset_hash is not None else dataset_hash_of(cfg.dataset)
-        way_out = "retrain it with --fresh, or pass the dataset it was trained on"
-        check_dataset(Path(run_dir), cfg.dataset, current, way_out)
-        check_features(Path(run_dir), cfg, features_of(cfg), way_out)
+        check_data(Path(run_dir), cfg, current, features_of(cfg), "retrain it with --fresh, or pass the dataset it was trained on")
     return same
 
 
@@ -313,6 +318,7 @@ class RunDir:
     def open(self, cfg: RunConfig, resume: bool, dataset_hash: str = "") -> dict | None:
         """Check that a checkpoint here belongs to ``cfg``'s experiment on this dataset, record both, and
         return the loop state to resume from (None: start at epoch 0). Every check runs before training."""
+        features = features_of(cfg)
         if resume and self.last.exists():
             # Resuming under another config would continue that experiment's weights as if they were this one's.
             if self.config.exists() and not matches_stored_experiment(self.path, cfg, longer=True, dataset_hash=""):
@@ -320,9 +326,7 @@ class RunDir:
                     f"{self.path} holds a checkpoint of a different experiment ({self.config} differs from this config): "
                     "resume it with its own config, start over there with --fresh (resume=False), or choose another run directory"
                 )
-            way_out = "start over with --fresh, or pass the dataset it was trained on"
-            check_dataset(self.path, cfg.dataset, dataset_hash, way_out)
-            check_features(self.path, cfg, features_of(cfg), way_out)
+            check_data(self.path, cfg, dataset_hash, features, "start over with --fresh, or pass the dataset it was trained on")
             stored = load_run_config(self.config) if self.config.exists() else cfg
             if cfg.train.epochs < stored.train.epochs or cfg.train.patience < stored.train.patience:
                 raise RunDirConflict(
@@ -340,7 +344,7 @@ class RunDir:
         # results.json describes a finished training; until this one finishes, nothing may reuse the old one.
         self.results.unlink(missing_ok=True)
         atomic_write_bytes(self.config, config_to_yaml(resolved(cfg)).encode())
-        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features_of(cfg)})
+        atomic_write_json(self.identity, {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features})
         return state
 
     # ---- checkpoints -------------------------------------------------------------------------

@@ -38,8 +38,7 @@ from llmemf.training.rundir import (
     RunDir,
     RunDirBusy,
     RunDirConflict,
-    check_dataset,
-    check_features,
+    check_data,
     code_version,
     features_of,
     load_checkpoint,
@@ -246,8 +245,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, bundle: Data
     if bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     way_out = "evaluate it on the dataset it was trained on, or retrain on this one"
-    check_dataset(run_dir, cfg.dataset, bundle.dataset.manifest.content_hash, way_out)
-    check_features(run_dir, cfg, features_of(cfg), way_out)  # its frozen keys are built from them
+    check_data(run_dir, cfg, bundle.dataset.manifest.content_hash, features_of(cfg), way_out)  # features too: its keys come from them
     if problem := verify_checkpoint(ckpt):
         raise CheckpointDamaged(f"{ckpt} is damaged ({problem}): retrain the run, or load another checkpoint")
     model = build_model(cfg.model_name, cfg.model_params, bundle)
