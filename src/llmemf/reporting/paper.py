@@ -137,6 +137,7 @@ class Collected:
         self.seeds = seeds  # row label -> the seeds the spec plans for it; None: every selected run counts
         self.plan = json.loads((root / "plan.json").read_text())
         self.results: dict[str, dict] = {}
+        self._configs: dict[str, object] = {}
         for rec in self.plan:
             path = root / rec["run"] / "results.json"
             if path.is_file():
@@ -148,9 +149,12 @@ class Collected:
         self._rows = self._main_rows()
 
     def config(self, run: str):
+        """The run's config.yaml, read once (the identity checks, the row checks and the tables all ask)."""
         from llmemf.training.rundir import load_run_config
 
-        return load_run_config(self.root / run / "config.yaml")
+        if run not in self._configs:
+            self._configs[run] = load_run_config(self.root / run / "config.yaml")
+        return self._configs[run]
 
     def _one(self, what: str, key: Callable) -> str:
         """The one value of ``key(run, results, config)`` over every run, or a UserError naming two runs that differ."""
@@ -323,8 +327,6 @@ def cost_table(c: Collected) -> tuple[list[str], list[list]]:
     """Per row label / ablation row / sensitivity axis: runs, each run's best epoch of the epochs it ran,
     how many runs had their best epoch at the epoch cap (still improving when the cap stopped them),
     wall hours; and the spec's total."""
-    from llmemf.training.rundir import load_run_config
-
     per: dict[str, list[tuple[float, str, bool]]] = {}
     seen = set()
     for rec in c.plan:
@@ -334,7 +336,7 @@ def cost_table(c: Collected) -> tuple[list[str], list[list]]:
         seen.add(run)
         label = rec["label"] if rec["kind"] not in ("ablation", "sensitivity") else f"{rec['kind']}: {rec['label']}"
         best, ran = res.get("best_epoch", -1), res.get("epochs_run", 0)  # -1 / 0: a model with no epochs (Pop, ItemKNN)
-        at_cap = ran > 0 and best == load_run_config(c.root / run / "config.yaml").train.epochs
+        at_cap = ran > 0 and best == c.config(run).train.epochs
         per.setdefault(label, []).append((run_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap))
     rows = [
         [label, str(len(v)), ", ".join(e for _, e, _ in v), str(sum(cap for *_, cap in v)), sum(t for t, *_ in v) / 3600] for label, v in per.items()
