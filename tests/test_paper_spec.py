@@ -135,9 +135,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
     # 11 distinct runs: one own-grid point equals a grid point, and beta 0.1 in the sweep is the selected point
     assert cost[-1].startswith("total,11,")
-    # Epoch cap 1: each trainable run's best epoch is its only one, at the cap; Pop has no epochs.
+    # Epoch cap 1: each trainable run's best epoch is its only one, at the cap (not "at the first of several");
+    # Pop has no epochs.
     by_row = {r[0]: r for r in csv.reader(cost[1:])}
-    assert by_row["pop"][1:4] == ["1", "-", "0"] and by_row["sasrec"][1:4] == ["3", "1/1, 1/1, 1/1", "3"]
+    assert by_row["pop"][1:5] == ["1", "-", "0", "0"] and by_row["sasrec"][1:5] == ["3", "1/1, 1/1, 1/1", "3", "0"]
     # The report rebuilds from results/ alone, number for number, and writes the README's headline table.
     shutil.rmtree(runs)
     readme = tmp_path / "README.md"
@@ -195,6 +196,12 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/mixed.md")
     mixed = (tmp_path / "docs" / "mixed.md").read_text()
     assert "Rows whose seeds trained in bf16 and in fp32 (machines with and without native bf16): sasrec." in mixed
+    # A run whose best epoch is the first of several is counted apart (it fell from its second epoch on).
+    res_file.write_text(json.dumps({**json.loads(kept), "best_epoch": 1, "epochs_run": 4}))
+    _invoke("report", "--spec", spec, "--results", "results", "--doc", "docs/first.md")
+    first_cost = {r[0]: r for r in csv.reader((tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()[1:])}
+    assert sorted(first_cost["sasrec"][2].split(", ")) == ["1/1", "1/1", "1/4"]
+    assert first_cost["sasrec"][4] == "1" and first_cost["total"][4] == "1"
     res_file.write_text(kept)
     described_file = tmp_path / "results" / "tiny" / "dataset.json"
     described_file.write_text(json.dumps({**described, "content_hash": "fedcba9876543210"}))

@@ -325,9 +325,9 @@ def warm_cold_table(c: Collected, protocol: str) -> tuple[list[str], list[list]]
 
 def cost_table(c: Collected) -> tuple[list[str], list[list]]:
     """Per row label / ablation row / sensitivity axis: runs, each run's best epoch of the epochs it ran,
-    how many runs had their best epoch at the epoch cap (still improving when the cap stopped them),
-    wall hours; and the spec's total."""
-    per: dict[str, list[tuple[float, str, bool]]] = {}
+    how many runs had their best epoch at the epoch cap (still improving when the cap stopped them), how
+    many had it at the first of several (falling from the second epoch on), wall hours; and the spec's total."""
+    per: dict[str, list[tuple[float, str, bool, bool]]] = {}
     seen = set()
     for rec in c.plan:
         run, res = rec["run"], c.results.get(rec["run"])
@@ -337,13 +337,16 @@ def cost_table(c: Collected) -> tuple[list[str], list[list]]:
         label = rec["label"] if rec["kind"] not in ("ablation", "sensitivity") else f"{rec['kind']}: {rec['label']}"
         best, ran = res.get("best_epoch", -1), res.get("epochs_run", 0)  # -1 / 0: a model with no epochs (Pop, ItemKNN)
         at_cap = ran > 0 and best == c.config(run).train.epochs
-        per.setdefault(label, []).append((run_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap))
-    rows = [
-        [label, str(len(v)), ", ".join(e for _, e, _ in v), str(sum(cap for *_, cap in v)), sum(t for t, *_ in v) / 3600] for label, v in per.items()
-    ]
+        at_first = ran > 1 and best == 1
+        per.setdefault(label, []).append((run_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap, at_first))
+
+    def counts(v: list) -> list:
+        return [str(sum(cap for _, _, cap, _ in v)), str(sum(first for *_, first in v)), sum(t for t, *_ in v) / 3600]
+
+    rows = [[label, str(len(v)), ", ".join(e for _, e, *_ in v), *counts(v)] for label, v in per.items()]
     total = [x for v in per.values() for x in v]
-    rows.append(["total", str(len(total)), "", str(sum(cap for *_, cap in total)), sum(t for t, *_ in total) / 3600])
-    return ["row", "runs", "best epoch / epochs run", "best at the cap", "wall hours"], rows
+    rows.append(["total", str(len(total)), "", *counts(total)])
+    return ["row", "runs", "best epoch / epochs run", "best at the cap", "best at epoch 1", "wall hours"], rows
 
 
 def code_summary(c: Collected) -> str:
@@ -557,7 +560,11 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
         to_markdown(
             header,
             rows,
-            "(a run whose best epoch is the cap was still improving when the cap stopped it; wall hours: the timed phases "
+            "(a run whose best epoch is the cap was still improving when the cap stopped it; a run whose best epoch is the "
+            "first of several had its best validation MRR after one pass over the data and fell after it: at that learning "
+            "rate it overfits this scenario at once, and a smaller one might do better"
+            + ("; this spec reuses another scenario's selection" if spec.reuse_selection else "")
+            + "; wall hours: the timed phases "
             "of every run of the spec, training epochs and their validation summed over all its resumes plus its final "
             "evaluation, on the machine that ran it; runs trained side by side overlap, so their total exceeds the elapsed time)",
         ),
