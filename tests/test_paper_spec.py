@@ -34,6 +34,7 @@ grid:
   train.lr: [0.01, 0.001]
 seeds: [1, 2]
 strongest: [sasrec]
+paper: {{X: {{llmemf: 5.0, sasrec: 4.0, pop: 2.0}}, Y: {{llmemf: 1.0, mifn: 2.0}}}}
 rows:
   - pop
   - label: sasrec
@@ -125,6 +126,10 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     left_out = "table-4 rows not run in this spec: + textual fusion; + textual + LLM-enhanced (needs LLM text); + visual fusion (needs item images);"
     assert left_out in doc
     assert "has not finished" not in doc
+    # The paper's quoted MRRs beside ours: its gain over its closest competitor, ours over our best baseline.
+    against = {r[0]: r for r in csv.reader((tmp_path / "results" / "tiny" / "tables" / "paper.csv").read_text().splitlines()[1:])}
+    assert against["X"][1:5] == ["5.0000", "sasrec", "4.0000", "25.0000"] and against["X"][9].startswith("sasrec: ")
+    assert against["Y"][2:5] == ["mifn", "2.0000", "-50.0000"] and against["Y"][9] == "mifn: not run yet"
     assert re.search(r"Code that finished the runs: (commit [0-9a-f]{7}( with uncommitted changes)?|llmemf \S+ \(no git checkout\)): 11\.", doc)
     assert (tmp_path / "results" / "tiny" / "sensitivity.png").stat().st_size > 1000
     sens = (tmp_path / "results" / "tiny" / "tables" / "sensitivity.csv").read_text().splitlines()
@@ -203,6 +208,9 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     assert sorted(first_cost["sasrec"][2].split(", ")) == ["1/1", "1/1", "1/4"]
     assert first_cost["sasrec"][4] == "1" and first_cost["total"][4] == "1"
     res_file.write_text(kept)
+    unknown_domain = ["--set", "paper={Z: {llmemf: 1, pop: 1}}"]
+    res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md", *unknown_domain])
+    assert res.exit_code == 2 and "paper.Z: the runs have no domain 'Z' (theirs: X, Y)" in res.output, res.output
     described_file = tmp_path / "results" / "tiny" / "dataset.json"
     described_file.write_text(json.dumps({**described, "content_hash": "fedcba9876543210"}))
     res = CliRunner().invoke(app, ["report", "--spec", str(spec), "--results", "results", "--doc", "docs/bad.md"])
@@ -471,6 +479,9 @@ def test_a_spec_s_sweeps_and_ablation_are_checked_before_anything_trains(tmp_pat
         "ablation: {table4: [7]}": "ablation.table4 [7]: the paper's table-4 rows are 1..6",
         "ablation: {table4: [0]}": "ablation.table4 [0]",
         "grid: {train.lr: 0.001}": "axis 'train.lr': give a list of values",
+        "paper: {X: {mifn: 8.5}}": "paper.X: give the paper's MRR % of llmemf and of at least one baseline",
+        "paper: {X: {llmemf: 9.2, mifn: high}}": "paper.X: give",
+        "paper: {X: 9.2}": "paper.X: give",
     }
     for i, (tail, message) in enumerate(cases.items()):
         path = tmp_path / f"s{i}.yaml"
