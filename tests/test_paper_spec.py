@@ -392,6 +392,38 @@ def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, 
     assert res.exit_code == 2 and "['gru4rec'] are not rows of" in res.output
 
 
+def test_a_spec_reusing_a_selection_runs_the_rows_the_other_selects_while_it_runs(tiny_dataset, tmp_path):
+    """Both specs run side by side: a row the reused spec selects after this one started runs in the same
+    invocation, instead of waiting for the next one."""
+    from llmemf.experiments.runner import run_or_reuse
+    from llmemf.experiments.spec import run_spec
+
+    spec = _spec(tmp_path, tiny_dataset)
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        f"scenario: tiny2\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs2'}\nepochs: 1\npatience: 1\n"
+        f"overrides: [train.progress=false, eval.n_negatives=30]\nreuse_selection: {spec}\n"
+        "rows: [pop, {label: sasrec, model: sasrec, overrides: [model.hidden=16]}]\n"
+    )
+    _invoke("compare", "--spec", spec, "rows=[pop,sasrec]", "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    selection = tmp_path / "runs" / "selection.json"
+    full = json.loads(selection.read_text())
+    selection.write_text(json.dumps({"pop": full["pop"]}))  # sasrec still searching when the other spec starts
+
+    def train_then_select(cfg, bundle, log):
+        res = run_or_reuse(cfg, bundle, log)
+        selection.write_text(json.dumps(full))  # ... and selected while the other spec trains pop
+        return res
+
+    lines: list[str] = []
+    plan = run_spec(*load_spec(other, ["train.threads=1"]), log=lines.append, train_fn=train_then_select)
+    assert sorted(r["label"] for r in plan) == ["pop", "sasrec"]
+    assert sum("has selected sasrec since this started" in line for line in lines) == 1, lines
+    sasrec = json.loads(next((tmp_path / "runs2" / "sasrec").glob("*/seed1/config.yaml")).with_name("results.json").read_text())
+    assert sasrec["model"] == "sasrec"
+    assert set(json.loads((tmp_path / "runs2" / "selection.json").read_text())) == {"pop", "sasrec"}
+
+
 def test_stopping_the_first_worker_stops_the_others(tiny_dataset, tmp_path):
     """SIGTERM to `compare --spec --workers 2` ends its second process too (no orphan keeps training): the
     output pipe closes only when every process holding it has exited."""

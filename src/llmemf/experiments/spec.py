@@ -527,6 +527,16 @@ def run_spec(
     selected_runs: dict[str, PlannedRun] = {}  # label -> the run of its selected point at the first seed
     chosen_prev, chosen_from = reused_selection(spec) if spec.reuse_selection else ({}, None)
 
+    def newly_reused() -> list[str]:
+        """Rows the reused spec has selected since this one read its selection (the two often run side by side);
+        a row already read keeps its point, so that its seeds never straddle two points."""
+        nonlocal chosen_from
+        got, chosen_from = reused_selection(spec)
+        new = [label for label in got if label not in chosen_prev]
+        for label in new:
+            chosen_prev[label] = got[label]
+        return new
+
     def run_row(row: Row) -> None:
         seed0 = spec.seeds[0]
         base = [*_common(spec, row, run_overrides), f"seed={seed0}"]
@@ -626,6 +636,7 @@ def run_spec(
     units.append(("selection.json", complete_selection))
     if spec.sensitivity:
         units.append(("sensitivity", functools.partial(run_sensitivity, spec.sensitivity)))
+    all_units = list(units)
     left_out: list[str] = []  # units that need a selection the reused spec has not made yet
     while units:
         finished_before, waiting = len(done), []
@@ -641,6 +652,10 @@ def run_spec(
         if waiting and len(done) == finished_before:  # nothing moved: every unit left waits on another process
             log(f"waiting for runs other processes are training ({'; '.join(f'{n}: {why}' for n, _, why in waiting)})")
             time.sleep(poll_s)
+        if not units and left_out and (new := newly_reused()):
+            log(f"{chosen_from} has selected {', '.join(new)} since this started: running what waited on them")
+            units = [(name, unit) for name, unit in all_units if name in left_out or name == "selection.json"]
+            left_out = []
     write_plan(final=True)
     if left_out:
         unselected = ", ".join(r.label for r in spec.rows if r.label not in chosen_prev)
