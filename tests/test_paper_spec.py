@@ -362,10 +362,8 @@ def test_two_workers_share_a_spec_and_train_each_run_once(tiny_dataset, tmp_path
     assert set(json.loads((tmp_path / "runs" / "selection.json").read_text())) == {"pop", "sasrec", "llmemf"}
 
 
-def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, tmp_path):
-    """Movie-Book starts before Food-Kitchen ends: the rows Food-Kitchen has selected run, the others (and what
-    depends on them) are named in one error line, and the next invocation trains only those."""
-    spec = _spec(tmp_path, tiny_dataset)
+def _reusing_spec(tmp_path, tiny_dataset, spec: Path) -> Path:
+    """A Movie-Book-style spec reusing ``spec``'s selection of pop and sasrec, which ``spec`` has run."""
     other = tmp_path / "other.yaml"
     other.write_text(
         f"scenario: tiny2\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs2'}\nepochs: 1\npatience: 1\n"
@@ -373,6 +371,14 @@ def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, 
         "rows: [pop, {label: sasrec, model: sasrec, overrides: [model.hidden=16]}]\n"
     )
     _invoke("compare", "--spec", spec, "rows=[pop,sasrec]", "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    return other
+
+
+def test_a_spec_reusing_a_selection_runs_the_rows_selected_so_far(tiny_dataset, tmp_path):
+    """Movie-Book starts before Food-Kitchen ends: the rows Food-Kitchen has selected run, the others (and what
+    depends on them) are named in one error line, and the next invocation trains only those."""
+    spec = _spec(tmp_path, tiny_dataset)
+    other = _reusing_spec(tmp_path, tiny_dataset, spec)
     full = json.loads((tmp_path / "runs" / "selection.json").read_text())
     assert set(full) == {"pop", "sasrec"}  # written after each row, complete at the end
     (tmp_path / "runs" / "selection.json").write_text(json.dumps({"pop": full["pop"]}))  # as if sasrec were still searching
@@ -399,13 +405,7 @@ def test_a_spec_reusing_a_selection_runs_the_rows_the_other_selects_while_it_run
     from llmemf.experiments.spec import run_spec
 
     spec = _spec(tmp_path, tiny_dataset)
-    other = tmp_path / "other.yaml"
-    other.write_text(
-        f"scenario: tiny2\ndataset: {tiny_dataset.root}\nout: {tmp_path / 'runs2'}\nepochs: 1\npatience: 1\n"
-        f"overrides: [train.progress=false, eval.n_negatives=30]\nreuse_selection: {spec}\n"
-        "rows: [pop, {label: sasrec, model: sasrec, overrides: [model.hidden=16]}]\n"
-    )
-    _invoke("compare", "--spec", spec, "rows=[pop,sasrec]", "strongest=[]", "ablation=null", "sensitivity=null", "train.threads=1")
+    other = _reusing_spec(tmp_path, tiny_dataset, spec)
     selection = tmp_path / "runs" / "selection.json"
     full = json.loads(selection.read_text())
     selection.write_text(json.dumps({"pop": full["pop"]}))  # sasrec still searching when the other spec starts
