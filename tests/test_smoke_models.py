@@ -3,6 +3,8 @@ scores under both call shapes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -35,6 +37,9 @@ def test_model_interface(name, tiny_bundle):
         assert sub.shape == (ev.size, 5)
         # The two call shapes agree on the same items.
         torch.testing.assert_close(sub, full.gather(1, cand - lo), rtol=1e-4, atol=1e-4)
+        # Scores never read the held-out target the evaluation batch carries (no leak into the ranking).
+        blind = dataclasses.replace(ev, target=None, target_domain=None)
+        torch.testing.assert_close(model.scores(blind, d, None), full, rtol=0, atol=0)
 
 
 def test_sasrec_init_modes(tiny_bundle):
