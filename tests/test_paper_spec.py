@@ -362,6 +362,21 @@ def test_two_workers_share_a_spec_and_train_each_run_once(tiny_dataset, tmp_path
     assert set(json.loads((tmp_path / "runs" / "selection.json").read_text())) == {"pop", "sasrec", "llmemf"}
 
 
+def test_an_experiment_another_process_started_under_another_name_is_trained_there(tiny_dataset, tmp_path):
+    """Two processes of one spec: the equal experiment (here: pop's one run) that another process claimed under
+    another run directory is trained (or waited for) there, not a second time under this process's name."""
+    from llmemf.experiments.spec import _claim, _normalised, row_search, run_spec
+
+    spec, run_overrides = load_spec(_spec(tmp_path, tiny_dataset), ["rows=[pop]", "strongest=[]", "ablation=null", "sensitivity=null"])
+    (grid, _), out = row_search(spec, spec.rows[0], run_overrides), Path(spec.out)
+    key = _normalised(grid[0].config(spec))
+    assert _claim(out, key, "pop_elsewhere/default/seed1") == "pop_elsewhere/default/seed1"  # the other process
+    assert _claim(out, key, grid[0].run) == "pop_elsewhere/default/seed1"  # first claim wins
+    plan = run_spec(spec, run_overrides, log=lambda line: None)
+    assert [r["run"] for r in plan] == ["pop_elsewhere/default/seed1"]
+    assert (out / "pop_elsewhere" / "default" / "seed1" / "results.json").is_file() and not (out / "pop").exists()
+
+
 def _reusing_spec(tmp_path, tiny_dataset, spec: Path) -> Path:
     """A Movie-Book-style spec reusing ``spec``'s selection of pop and sasrec, which ``spec`` has run."""
     other = tmp_path / "other.yaml"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import statistics
@@ -48,6 +49,7 @@ from llmemf.io import atomic_write_bytes, file_lock
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
 STRONGEST = "the strongest baselines' seeds"  # the unit (and estimate row) of a counted ``strongest``
+CLAIMS_FILE = "experiments.json"  # hash of a normalised config -> the run directory that trains it (``_claim``)
 STRONGEST_FILE = "strongest.json"  # {"rows": [...], "valid_mrr": {label: score}}: the choice and what it rested on
 
 
@@ -428,6 +430,22 @@ def _write_shared_json(out: Path, path: Path, value: Any, merge: Callable[[Any],
         atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
 
 
+def _claim(out: Path, key: str, run: str) -> str:
+    """The run directory that trains the experiment ``key`` (a normalised config) for every process of the
+    spec: the first directory claimed for it, ``run`` when none was. Each process also knows the equal
+    experiments it has run itself; this tells it of those another process has started under another name
+    (an own-grid point equal to a grid point, a sensitivity point equal to an ablation run), which it
+    would otherwise train a second time."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = out / CLAIMS_FILE
+    with file_lock(out / ".plan.lock"):
+        claims = json.loads(path.read_text()) if path.exists() else {}
+        if digest not in claims:
+            claims[digest] = run
+            atomic_write_bytes(path, (json.dumps(claims, indent=2) + "\n").encode())
+    return claims[digest]
+
+
 def run_spec(
     spec: Spec,
     run_overrides: list[str],
@@ -459,6 +477,10 @@ def run_spec(
         if key in done:  # the same experiment under another name (an own-grid point equal to the row's defaults)
             p.run = done[key][1]
         else:
+            claimed = _claim(out, key, p.run)
+            if claimed != p.run:  # ... that another process of this spec has started: train (or wait for) it there
+                p.run = claimed
+                cfg = p.config(spec)
             if cfg.max_len not in bundles:
                 bundles[cfg.max_len] = DataBundle(data, cfg.max_len)
             if p.run not in busy:
