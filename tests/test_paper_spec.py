@@ -370,11 +370,16 @@ def test_an_experiment_another_process_started_under_another_name_is_trained_the
     spec, run_overrides = load_spec(_spec(tmp_path, tiny_dataset), ["rows=[pop]", "strongest=[]", "ablation=null", "sensitivity=null"])
     (grid, _), out = row_search(spec, spec.rows[0], run_overrides), Path(spec.out)
     key = _normalised(grid[0].config(spec))
-    assert _claim(out, key, "pop_elsewhere/default/seed1") == "pop_elsewhere/default/seed1"  # the other process
-    assert _claim(out, key, grid[0].run) == "pop_elsewhere/default/seed1"  # first claim wins
+    assert _claim(out, key, "pop_elsewhere/default/seed1", lambda other: True) == "pop_elsewhere/default/seed1"  # the other process
+    assert _claim(out, key, grid[0].run, lambda other: True) == "pop_elsewhere/default/seed1"  # first claim wins
     plan = run_spec(spec, run_overrides, log=lambda line: None)
     assert [r["run"] for r in plan] == ["pop_elsewhere/default/seed1"]
     assert (out / "pop_elsewhere" / "default" / "seed1" / "results.json").is_file() and not (out / "pop").exists()
+    # A claimed directory that holds another experiment now (a spec edited since) is not this one's.
+    cfg_file = out / "pop_elsewhere" / "default" / "seed1" / "config.yaml"
+    cfg_file.write_text(cfg_file.read_text().replace("n_negatives: 30", "n_negatives: 20"))
+    plan = run_spec(spec, run_overrides, log=lambda line: None)
+    assert [r["run"] for r in plan] == [grid[0].run] and (out / grid[0].run / "results.json").is_file()
 
 
 def _reusing_spec(tmp_path, tiny_dataset, spec: Path) -> Path:

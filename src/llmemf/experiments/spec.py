@@ -430,9 +430,10 @@ def _write_shared_json(out: Path, path: Path, value: Any, merge: Callable[[Any],
         atomic_write_bytes(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
 
 
-def _claim(out: Path, key: str, run: str) -> str:
+def _claim(out: Path, key: str, run: str, holds: Callable[[str], bool]) -> str:
     """The run directory that trains the experiment ``key`` (a normalised config) for every process of the
-    spec: the first directory claimed for it, ``run`` when none was. Each process also knows the equal
+    spec: the first one claimed for it, if ``holds`` (that directory is not set up yet, or holds this
+    experiment: a spec edited since may have put another there), else ``run``. Each process knows the equal
     experiments it has run itself; this tells it of those another process has started under another name
     (an own-grid point equal to a grid point, a sensitivity point equal to an ablation run), which it
     would otherwise train a second time."""
@@ -440,10 +441,13 @@ def _claim(out: Path, key: str, run: str) -> str:
     path = out / CLAIMS_FILE
     with file_lock(out / ".plan.lock"):
         claims = json.loads(path.read_text()) if path.exists() else {}
-        if digest not in claims:
+        other = claims.get(digest)
+        if other is not None and other != run and holds(other):
+            return other
+        if other != run:
             claims[digest] = run
             atomic_write_bytes(path, (json.dumps(claims, indent=2) + "\n").encode())
-    return claims[digest]
+    return run
 
 
 def run_spec(
@@ -462,7 +466,7 @@ def run_spec(
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
     from llmemf.experiments.runner import run_or_reuse, training_stages
-    from llmemf.training.rundir import RunDirBusy, restore_finished_run
+    from llmemf.training.rundir import RunDirBusy, matches_stored_experiment, restore_finished_run
 
     data = Dataset.load(spec.dataset)
     bundles: dict[int, DataBundle] = {}
@@ -477,7 +481,12 @@ def run_spec(
         if key in done:  # the same experiment under another name (an own-grid point equal to the row's defaults)
             p.run = done[key][1]
         else:
-            claimed = _claim(out, key, p.run)
+
+            def holds(other: str) -> bool:
+                stored = out / other
+                return not (stored / "config.yaml").exists() or matches_stored_experiment(stored, cfg, dataset_hash=data.manifest.content_hash)
+
+            claimed = _claim(out, key, p.run, holds)
             if claimed != p.run:  # ... that another process of this spec has started: train (or wait for) it there
                 p.run = claimed
                 cfg = p.config(spec)
