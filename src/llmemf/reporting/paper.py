@@ -240,6 +240,11 @@ def _mean_rr(c: Collected, runs: list[str], protocol: str, domain: str) -> tuple
     return parts[0]["users_sha"], np.mean([1.0 / p["ranks"] for p in parts], axis=0), parts[0]["cold"]
 
 
+def _mean_mrr(c: Collected, runs: list[str], protocol: str, domain: str) -> float:
+    """Test MRR % of a row on one domain, mean over its seeds (the tables' number)."""
+    return 100 * float(np.mean([c.results[r]["test"][protocol]["metrics"][domain]["MRR"] for r in runs]))
+
+
 def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str], list[list]]:
     """LLM-EMF (row ``ours``) against the baseline with the best mean test MRR, per domain."""
     rows = c.main_rows()
@@ -252,16 +257,11 @@ def significance_table(c: Collected, protocol: str, ours: str) -> tuple[list[str
     for d in domains:
         if not baselines:
             break
-        mrr = {k: float(np.mean([c.results[r]["test"][protocol]["metrics"][d]["MRR"] for r in v])) for k, v in baselines.items()}
+        mrr = {k: _mean_mrr(c, v, protocol, d) for k, v in baselines.items()}
         best = max(mrr, key=mrr.get)
         cells = _paired_cells(c, (ours, rows[ours]), (best, baselines[best]), protocol, d)
         out.append([d, best, *(cells or ["", "", "", "", "no ranks.npz", "", "", ""])])
     return header, out
-
-
-def _mean_mrr(c: Collected, runs: list[str], protocol: str, domain: str) -> float:
-    """Test MRR % of a row on one domain, mean over its seeds (the tables' number)."""
-    return 100 * float(np.mean([c.results[r]["test"][protocol]["metrics"][domain]["MRR"] for r in runs]))
 
 
 def paper_table(c: Collected, spec, ours: str) -> tuple[list[str], list[list]]:
@@ -544,7 +544,7 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
             "",
             "### Against the paper's reported numbers",
             "",
-            f"The paper's test MRR % as {spec.path} quotes them from the paper's text (section 5.2; the copy we have lost its tables), "
+            f"The paper's own test MRR %, as {spec.path} quotes them (its comment says from where), "
             "beside this spec's table means under the c2dsr protocol. The paper does not state its candidate set "
             "(how many negatives each target is ranked against) and trained up to 100 epochs with patience 10, so "
             "absolute levels need not match; each side's gain over its own best baseline is the comparable part.",
