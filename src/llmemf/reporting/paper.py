@@ -607,8 +607,8 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
             header,
             rows,
             "(a run whose best epoch is the cap was still improving when the cap stopped it; a run whose best epoch is the "
-            "first of several had its best validation MRR after one pass over the data and fell after it: at that learning "
-            "rate it overfits this scenario at once, and a smaller one might do better"
+            "first of several peaked after one pass over the data and fell from the second epoch on (a learning rate too "
+            "high for this scenario, or a loss that dips before it converges), so its row may understate the model"
             + ("; this spec reuses another scenario's selection" if spec.reuse_selection else "")
             + "; wall hours: the timed phases "
             "of every run of the spec, training epochs and their validation summed over all its resumes plus its final "
