@@ -594,3 +594,21 @@ def test_strongest_must_be_row_labels_or_a_count(tiny_dataset, tmp_path):
         res = CliRunner().invoke(app, ["compare", "--spec", str(spec), "--estimate-only", bad])
         assert res.exit_code == 2, (bad, res.output)
         assert "strongest=" in res.output or "no row labelled 'nosuch'" in res.output, (bad, res.output)
+
+
+def test_collect_keeps_a_run_s_earlier_stages_beside_it(tmp_path):
+    """Tri-CDR's pre-training stage (OUT/pretrain) is collected with its run, never a checkpoint: a run is
+    restored on a new machine only with the stage it started from (runner.restore_stages)."""
+    from llmemf.reporting.paper import collect
+
+    runs = tmp_path / "runs"
+    run = runs / "tricdr" / "train.lr_0.001" / "seed1"
+    for stage in (run, run / "pretrain"):
+        stage.mkdir(parents=True)
+        for name in ("results.json", "config.yaml", "metrics.jsonl", "best.pt"):
+            (stage / name).write_text(f"{stage.name} {name}")
+    (runs / "plan.json").write_text(json.dumps([{"run": "tricdr/train.lr_0.001/seed1", "kind": "grid", "label": "tricdr"}]))
+    assert collect(runs, tmp_path / "results") == 1
+    kept = tmp_path / "results" / "tricdr" / "train.lr_0.001" / "seed1"
+    assert (kept / "pretrain" / "config.yaml").read_text() == "pretrain config.yaml"
+    assert sorted(p.name for p in kept.rglob("*") if p.is_file()) == sorted(["config.yaml", "metrics.jsonl", "results.json"] * 2)

@@ -5,6 +5,8 @@ per position, and the pre-trained SASRec weights the encoders start from."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,6 +133,69 @@ def test_bce_with_one_in_domain_negative_per_position(model, tiny_bundle):
         torch.testing.assert_close(model.direction_losses(out)["rec"], rec)
 
 
+def _tiny_run(tiny_dataset, out):
+    return [
+        f"dataset={tiny_dataset.root}",
+        f"out={out}",
+        "model.name=tricdr",
+        "model.hidden=16",
+        "model.seq_len=20",
+        "model.pretrain_epochs=1",
+        "max_len=10",
+        "train.epochs=1",
+        "train.threads=1",
+        "train.progress=false",
+        "eval.protocols=[c2dsr]",
+        "eval.n_negatives=20",
+    ]
+
+
+def test_a_run_whose_pretraining_recipe_changed_is_trained_again_and_restored_only_whole(tiny_dataset, tmp_path, monkeypatch):
+    """The pre-training stage is derived from the run's config by code: a change of its recipe (here: one more
+    epoch) leaves the run's own config as it was, yet the run started from other weights. It is not reused:
+    the pre-training trains further, and the run from it again. A run collected in results/ is restored with
+    its pre-training stage or not at all."""
+    import shutil
+
+    from llmemf.data.batching import DataBundle
+    from llmemf.experiments.runner import restore_stages, run_or_reuse
+    from llmemf.models.tricdr import TriCDR
+    from llmemf.training.rundir import SMALL_FILES
+
+    bundle = DataBundle(tiny_dataset, max_len=10)
+    cfg = load_config(None, _tiny_run(tiny_dataset, tmp_path / "run"))
+    lines: list[str] = []
+    run_or_reuse(cfg, bundle, lines.append)
+    run_or_reuse(cfg, bundle, lines.append)
+    assert sum("reusing" in line for line in lines) == 1
+    kept = tmp_path / "results" / "run"  # what `report --collect` keeps: small files, the pre-training's beside
+    for stage in ("", "pretrain"):
+        for name in SMALL_FILES:
+            if (tmp_path / "run" / stage / name).is_file():
+                (kept / stage).mkdir(parents=True, exist_ok=True)
+                shutil.copy(tmp_path / "run" / stage / name, kept / stage / name)
+    moved = load_config(None, _tiny_run(tiny_dataset, tmp_path / "elsewhere"))
+    assert restore_stages(kept, moved, tiny_dataset.manifest.content_hash)
+    assert (tmp_path / "elsewhere" / "pretrain" / "results.json").is_file()
+    lines.clear()
+    run_or_reuse(moved, bundle, lines.append)
+    assert lines == [f"  reusing {tmp_path / 'elsewhere'}"]
+
+    recipe = TriCDR.pretraining_stage
+    longer = {"epochs": 2, "patience": 2, "lr_step": 0}
+    monkeypatch.setattr(TriCDR, "pretraining_stage", staticmethod(lambda params: {**recipe(params), "train": longer}))
+    lines.clear()
+    run_or_reuse(cfg, bundle, lines.append)
+    assert not any("reusing" in line for line in lines) and any("pre-training stage ->" in line for line in lines), lines
+    resumed = [line.split()[1] for line in lines if line.lstrip().startswith("resuming")]
+    assert resumed == [str(tmp_path / "run" / "pretrain")] and any(line.lstrip().startswith("epoch   1") for line in lines)
+    pre = [json.loads(x) for x in (tmp_path / "run" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in pre] == [1, 2]  # trained further from where it stopped
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 1  # the run from it again
+    assert not restore_stages(kept, load_config(None, _tiny_run(tiny_dataset, tmp_path / "third")), tiny_dataset.manifest.content_hash)
+    assert not (tmp_path / "third").exists()
+
+
 def test_pretraining_stage_initialises_the_encoders(tiny_dataset, tmp_path):
     overrides = [
         f"dataset={tiny_dataset.root}",
@@ -151,7 +216,8 @@ def test_pretraining_stage_initialises_the_encoders(tiny_dataset, tmp_path):
     cfg = load_config(None, overrides)
     pre, main = training_stages(cfg)
     assert pre.out == str(tmp_path / "run" / "pretrain") and main.out == cfg.out
-    assert pre.model["stage"] == "pretrain" and pre.train.epochs == 1 and pre.train.lr_step == 0
+    # SASRec.pytorch's fixed budget: no early stopping in the pre-training (its loss dips before it converges)
+    assert pre.model["stage"] == "pretrain" and pre.train.epochs == pre.train.patience == 1 and pre.train.lr_step == 0
     assert main.model["init_from"] == pre.out
     result = train_stages(cfg, log=lambda *_: None)
     assert (tmp_path / "run" / "pretrain" / "results.json").exists() and result.run_dir == tmp_path / "run"

@@ -19,6 +19,7 @@ from llmemf.distributed import setup
 from llmemf.errors import UserError
 from llmemf.models.base import check_model_params, model_class
 from llmemf.reporting.tables import load_results
+from llmemf.training.rundir import restorable, restore_finished_run
 from llmemf.training.trainer import matches_stored_experiment, run_dir_lock, train
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -77,18 +78,43 @@ def finished_run(out: Path, stage: RunConfig, data_hash: str) -> bool:
 
 def train_stages(cfg: RunConfig, bundle: DataBundle | None = None, resume: bool = True, log: Callable[[str], None] = print):
     """Train every stage of ``cfg`` (training_stages); an earlier stage whose results match is reused.
+    A stage after one trained here starts over: what it resumed or finished started from other weights.
     Returns the last stage's TrainResult."""
     *before, last = training_stages(cfg)
     if before and bundle is None:
         bundle = DataBundle(Dataset.load(cfg.dataset), cfg.max_len)
     for stage in before:
         out = Path(stage.out)
-        if resume and finished_run(out, stage, bundle.dataset.manifest.content_hash):
+        # a stage restored from results/ has no checkpoint for the next stage to start from: train it again
+        if resume and finished_run(out, stage, bundle.dataset.manifest.content_hash) and (out / "best.pt").is_file():
             log(f"reusing the {stage.model_name} pre-training run {out}")
             continue
         log(f"pre-training stage -> {out}")
         train(stage, bundle, resume=resume, log=log)
+        resume = False
     return train(last, bundle, resume=resume, log=log)
+
+
+def finished_stages(cfg: RunConfig, data_hash: str) -> bool:
+    """Whether ``cfg``'s run has finished: its last stage (finished_run), and every earlier stage it keeps
+    (Tri-CDR's OUT/pretrain) is the stage ``training_stages`` derives now. A pre-training recipe changed
+    since (its epochs, its early stopping) makes the run unfinished: train_stages trains the pre-training
+    further and the run from it again. An earlier stage's directory that is gone (a run restored from
+    results/) is not checked here; ``restore_finished_run`` restores a run only with its earlier stages."""
+    *before, last = training_stages(cfg)
+    if not finished_run(Path(cfg.out), last, data_hash):
+        return False
+    return all(not Path(s.out).is_dir() or finished_run(Path(s.out), s, data_hash) for s in before)
+
+
+def restore_stages(kept: Path, cfg: RunConfig, data_hash: str) -> bool:
+    """Restore ``cfg``'s finished run from ``kept`` (its small files collected in results/, an earlier stage's
+    in the same subfolder, e.g. ``kept/pretrain``): every stage or none, so that a run whose pre-training
+    recipe changed since it was collected is trained again rather than restored (restore_finished_run)."""
+    pairs = [(Path(kept) / Path(s.out).relative_to(cfg.out), s) for s in training_stages(cfg)]
+    if not all(restorable(k, Path(s.out), s, data_hash) for k, s in pairs):
+        return False
+    return all([restore_finished_run(k, Path(s.out), s, data_hash) for k, s in pairs])
 
 
 def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None], fresh: bool = False) -> dict:
@@ -96,12 +122,11 @@ def run_or_reuse(cfg: RunConfig, bundle: DataBundle, log: Callable[[str], None],
     exact config on this data (DatasetMismatch when the config matches but the data changed); ``fresh``:
     retrain from epoch 0."""
     out = Path(cfg.out)
-    final = training_stages(cfg)[-1]
     world, _ = setup(cfg.device)  # under torchrun: rank 0 reads the run directory, every rank trains
     reuse: bool | Exception = False
     if world.is_main:
         try:
-            reuse = not fresh and finished_run(out, final, bundle.dataset.manifest.content_hash)
+            reuse = not fresh and finished_stages(cfg, bundle.dataset.manifest.content_hash)
         except UserError as e:
             if not world.distributed:
                 raise

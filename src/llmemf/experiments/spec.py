@@ -465,8 +465,8 @@ def run_spec(
     seconds when nothing else is left). Every process ends with every run finished."""
     from llmemf.data.batching import DataBundle
     from llmemf.data.dataset import Dataset
-    from llmemf.experiments.runner import run_or_reuse, training_stages
-    from llmemf.training.rundir import RunDirBusy, matches_stored_experiment, restore_finished_run
+    from llmemf.experiments.runner import restore_stages, run_or_reuse
+    from llmemf.training.rundir import RunDirBusy, matches_stored_experiment
 
     data = Dataset.load(spec.dataset)
     bundles: dict[int, DataBundle] = {}
@@ -495,7 +495,7 @@ def run_spec(
             if p.run not in busy:
                 log(f"[{p.label}] {p.kind} {' '.join(point_overrides(p.point)) or '(row config)'} seed {p.seed}")
             kept = results_dir(spec) / p.run
-            if restore_finished_run(kept, Path(cfg.out), training_stages(cfg)[-1], data.manifest.content_hash):
+            if restore_stages(kept, cfg, data.manifest.content_hash):
                 log(f"  restored from {kept} (the same experiment on the same data, collected earlier)")
             try:
                 done[key] = ((train_fn or run_or_reuse)(cfg, bundles[cfg.max_len], log), p.run)

@@ -426,7 +426,7 @@ class TriCDR(Recommender):
         cfg = TriCDRConfig(**params)
         if cfg.stage != "finetune" or cfg.init_from or cfg.pretrain_epochs <= 0:
             return None
-        return {"model": {"stage": "pretrain"}, "train": {"epochs": cfg.pretrain_epochs, "lr_step": 0}}
+        return {"model": {"stage": "pretrain"}, "train": {"epochs": cfg.pretrain_epochs, "patience": cfg.pretrain_epochs, "lr_step": 0}}
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, eps: float = 1e-6) -> torch.Tensor:

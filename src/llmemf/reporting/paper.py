@@ -94,9 +94,11 @@ def collect(runs_root: Path, dest: Path, dataset: Path | None = None) -> int:
         src = runs_root / run
         if not (src / "results.json").is_file():
             continue
-        for name in SMALL_FILES:
-            if (src / name).is_file():
-                atomic_write_bytes(dest / run / name, (src / name).read_bytes())
+        # the run's and each earlier stage's it keeps in a subfolder (Tri-CDR's pretrain/): a run is restored whole
+        for stage in [Path(), *(d.relative_to(src) for d in sorted(src.iterdir()) if (d / "results.json").is_file())]:
+            for name in SMALL_FILES:
+                if (src / stage / name).is_file():
+                    atomic_write_bytes(dest / run / stage / name, (src / stage / name).read_bytes())
         n += 1
     atomic_write_bytes(dest / "plan.json", (json.dumps(plan, indent=2, default=str) + "\n").encode())  # last: it indexes the files above
     return n

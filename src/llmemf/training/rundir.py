@@ -199,14 +199,8 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
     return same
 
 
-def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
-    """Make ``run_dir`` a finished run of ``cfg`` from ``kept``, a copy of a finished run's small files
-    (``llmemf report --collect`` keeps them in results/), when ``kept`` is this experiment on this data:
-    its config equals ``cfg`` up to where the dataset and the run directory live, and the content hash
-    its results recorded is ``dataset_hash``. So a spec resumed on a new machine, whose run directories
-    were lost, reuses the runs whose results the repository holds instead of training them again.
-    Returns False, changing nothing, when ``run_dir`` already has results or ``kept`` does not qualify."""
-    kept, run_dir = Path(kept), Path(run_dir)
+def restorable(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
+    """Whether ``restore_finished_run(kept, run_dir, cfg, dataset_hash)`` would restore (it changes nothing)."""
     if (run_dir / "results.json").exists() or not (kept / "results.json").is_file() or not (kept / "config.yaml").is_file():
         return False
     try:
@@ -216,9 +210,20 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
         return False
     if not recorded or recorded != dataset_hash or not same_experiment(stored, cfg):
         return False
-    features = features_of(cfg)
-    if recorded_features(kept) not in (None, features):  # the features were re-embedded since: train it again
+    return recorded_features(kept) in (None, features_of(cfg))  # else the features were re-embedded since: train it again
+
+
+def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
+    """Make ``run_dir`` a finished run of ``cfg`` from ``kept``, a copy of a finished run's small files
+    (``llmemf report --collect`` keeps them in results/), when ``kept`` is this experiment on this data:
+    its config equals ``cfg`` up to where the dataset and the run directory live, and the content hash
+    its results recorded is ``dataset_hash``. So a spec resumed on a new machine, whose run directories
+    were lost, reuses the runs whose results the repository holds instead of training them again.
+    Returns False, changing nothing, when ``run_dir`` already has results or ``kept`` does not qualify."""
+    kept, run_dir = Path(kept), Path(run_dir)
+    if not restorable(kept, run_dir, cfg, dataset_hash):
         return False
+    features = features_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in set(SMALL_FILES) - {"config.yaml", "results.json"}:  # those two are written below
         if (kept / name).is_file():
