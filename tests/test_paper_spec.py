@@ -603,16 +603,19 @@ def test_strongest_must_be_row_labels_or_a_count(tiny_dataset, tmp_path):
 def test_collect_keeps_a_run_s_earlier_stages_beside_it(tmp_path):
     """Tri-CDR's pre-training stage (OUT/pretrain) is collected with its run, never a checkpoint: a run is
     restored on a new machine only with the stage it started from (runner.restore_stages)."""
-    from llmemf.reporting.paper import collect
+    from llmemf.reporting.paper import _stages_seconds, collect
 
     runs = tmp_path / "runs"
     run = runs / "tricdr" / "train.lr_0.001" / "seed1"
-    for stage in (run, run / "pretrain"):
+    for stage, seconds in ((run, 100.0), (run / "pretrain", 50.0)):
         stage.mkdir(parents=True)
-        for name in ("results.json", "config.yaml", "metrics.jsonl", "best.pt"):
+        for name in ("config.yaml", "metrics.jsonl", "best.pt"):
             (stage / name).write_text(f"{stage.name} {name}")
+        (stage / "results.json").write_text(json.dumps({"wall_seconds": seconds}))
     (runs / "plan.json").write_text(json.dumps([{"run": "tricdr/train.lr_0.001/seed1", "kind": "grid", "label": "tricdr"}]))
     assert collect(runs, tmp_path / "results") == 1
     kept = tmp_path / "results" / "tricdr" / "train.lr_0.001" / "seed1"
     assert (kept / "pretrain" / "config.yaml").read_text() == "pretrain config.yaml"
     assert sorted(p.name for p in kept.rglob("*") if p.is_file()) == sorted(["config.yaml", "metrics.jsonl", "results.json"] * 2)
+    # the compute table's wall time of the run counts its pre-training stage's
+    assert _stages_seconds(kept, json.loads((kept / "results.json").read_text())) == 150.0

@@ -357,10 +357,17 @@ def warm_cold_table(c: Collected, protocol: str) -> tuple[list[str], list[list]]
     return header, out
 
 
+def _stages_seconds(run_dir: Path, res: dict) -> float:
+    """Wall seconds of a run and of each earlier stage it keeps in a subfolder (Tri-CDR's pretrain/)."""
+    stages = [d for d in sorted(run_dir.iterdir()) if (d / "results.json").is_file()] if run_dir.is_dir() else []
+    return run_seconds(run_dir, res) + sum(run_seconds(d, json.loads((d / "results.json").read_text())) for d in stages)
+
+
 def cost_table(c: Collected) -> tuple[list[str], list[list]]:
-    """Per row label / ablation row / sensitivity axis: runs, each run's best epoch of the epochs it ran,
-    how many runs had their best epoch at the epoch cap (still improving when the cap stopped them), how
-    many had it at the first of several (falling from the second epoch on), wall hours; and the spec's total."""
+    """Per row label / ablation row / sensitivity axis: runs, each run's best epoch of the epochs it ran (its
+    last stage's), how many runs had their best epoch at the epoch cap (still improving when the cap stopped
+    them), how many had it at the first of several (falling from the second epoch on), wall hours (every
+    stage's); and the spec's total."""
     per: dict[str, list[tuple[float, str, bool, bool]]] = {}
     seen = set()
     for rec in c.plan:
@@ -372,7 +379,7 @@ def cost_table(c: Collected) -> tuple[list[str], list[list]]:
         best, ran = res.get("best_epoch", -1), res.get("epochs_run", 0)  # -1 / 0: a model with no epochs (Pop, ItemKNN)
         at_cap = ran > 0 and best == c.config(run).train.epochs
         at_first = ran > 1 and best == 1
-        per.setdefault(label, []).append((run_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap, at_first))
+        per.setdefault(label, []).append((_stages_seconds(c.root / run, res), f"{best}/{ran}" if ran > 0 else "-", at_cap, at_first))
 
     def counts(v: list) -> list:
         return [str(sum(cap for _, _, cap, _ in v)), str(sum(first for *_, first in v)), sum(t for t, *_ in v) / 3600]
@@ -614,7 +621,8 @@ def scenario_section(spec, root: Path, doc_dir: Path, log: Callable[[str], None]
             + ("; this spec reuses another scenario's selection" if spec.reuse_selection else "")
             + "; wall hours: the timed phases "
             "of every run of the spec, training epochs and their validation summed over all its resumes plus its final "
-            "evaluation, on the machine that ran it; runs trained side by side overlap, so their total exceeds the elapsed time)",
+            "evaluation, and those of a pre-training stage the run keeps, on the machine that ran it; runs trained side by "
+            "side overlap, so their total exceeds the elapsed time)",
         ),
         "",
         code_summary(c),
