@@ -137,6 +137,7 @@ def test_spec_selects_on_validation_reuses_runs_and_reports_from_results_alone(t
     main = (tmp_path / "results" / "tiny" / "tables" / "main_c2dsr.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in main[1:]] == ["pop", "sasrec", "llmemf"]
     assert not list((tmp_path / "results").rglob("*.pt"))  # never checkpoints
+    assert (runs / ".experiments.json").is_file() and not list((tmp_path / "results").rglob("*experiments.json"))  # nor the processes' claims
     cost = (tmp_path / "results" / "tiny" / "tables" / "cost.csv").read_text().splitlines()
     # 11 distinct runs: one own-grid point equals a grid point, and beta 0.1 in the sweep is the selected point
     assert cost[-1].startswith("total,11,")

@@ -49,7 +49,7 @@ from llmemf.io import atomic_write_bytes, file_lock
 
 Point = dict[str, Any]  # override key -> value; a key "a+b" sets a and b from a pair of values
 STRONGEST = "the strongest baselines' seeds"  # the unit (and estimate row) of a counted ``strongest``
-CLAIMS_FILE = "experiments.json"  # hash of a normalised config -> the run directory that trains it (``_claim``)
+CLAIMS_FILE = ".experiments.json"  # hash of a normalised config -> the run directory that trains it (``_claim``); a dotfile: not collected
 STRONGEST_FILE = "strongest.json"  # {"rows": [...], "valid_mrr": {label: score}}: the choice and what it rested on
 
 
