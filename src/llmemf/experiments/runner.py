@@ -100,7 +100,7 @@ def finished_stages(cfg: RunConfig, data_hash: str) -> bool:
     (Tri-CDR's OUT/pretrain) is the stage ``training_stages`` derives now. A pre-training recipe changed
     since (its epochs, its early stopping) makes the run unfinished: train_stages trains the pre-training
     further and the run from it again. An earlier stage's directory that is gone (a run restored from
-    results/) is not checked here; ``restore_finished_run`` restores a run only with its earlier stages."""
+    results/) is not checked here; ``restore_stages`` restores a run only with its earlier stages."""
     *before, last = training_stages(cfg)
     if not finished_run(Path(cfg.out), last, data_hash):
         return False
