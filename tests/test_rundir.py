@@ -270,7 +270,7 @@ def test_a_run_on_features_re_embedded_since_is_neither_reused_nor_restored(tiny
 
     manifest = root / "features" / "txt_title.json"
     before = manifest.read_text()
-    manifest.write_text(json.dumps({**json.loads(before), "encoder": "another-encoder"}))
+    manifest.write_text(json.dumps({**json.loads(before), "weights": "sha256:another", "values_hash": "0" * 16}))  # another encoder
     with pytest.raises(DatasetMismatch, match=r"feature\(s\) \['txt_title'\] .* re-embedded since"):
         run_or_reuse(cfg, bundle, quiet)
     with pytest.raises(DatasetMismatch, match="re-embedded since"):  # evaluate / serve / recommend rebuild its keys from them

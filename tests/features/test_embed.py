@@ -4,6 +4,7 @@ manifests and recompute-only-on-change."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -119,3 +120,32 @@ def test_offline_text_and_lit_image_encoder(tmp_path):
     embed(tmp_path / "ds", cfg, log=logs.append)
     assert any("loaded from cache" in line for line in logs)
     np.testing.assert_allclose(load_feature(tmp_path / "ds", "img").values, img.values)
+
+
+def test_the_same_weights_installed_again_elsewhere_give_the_same_feature_and_another_precision_another(tmp_path, tiny_clip_dir):
+    """A feature's identity (what a run records) follows the weights' bytes and the values computed, never
+    where or when the weights were installed: a reinstall (new directory, new file times) recomputes
+    nothing and leaves the identity as it was, while values computed in another precision are another feature."""
+    import os
+    import shutil
+
+    from llmemf.features.store import feature_identity
+
+    d, _ = tiny_clip_dir
+    make_image_dataset(tmp_path / "ds", n_x=6, n_y=6)
+    cfg = EmbedConfig(clip_model=f"local-dir:{d}", progress=False, features=["txt_title"], bf16="off")
+    embed(tmp_path / "ds", cfg, log=lambda s: None)
+    first = feature_identity(tmp_path / "ds", "txt_title")
+
+    reinstalled = tmp_path / "site-packages" / "clip"
+    shutil.copytree(d, reinstalled)
+    for f in reinstalled.iterdir():
+        os.utime(f, ns=(1, 1))
+    again = embed(tmp_path / "ds", dataclasses.replace(cfg, clip_model=f"local-dir:{reinstalled}"), log=lambda s: None)
+    assert again.written == {} and again.up_to_date == ["txt_title"]
+    assert feature_identity(tmp_path / "ds", "txt_title") == first
+
+    embed(tmp_path / "ds", dataclasses.replace(cfg, clip_model=f"local-dir:{reinstalled}", force=True), log=lambda s: None)
+    assert feature_identity(tmp_path / "ds", "txt_title") == first  # computed again, the same values
+    embed(tmp_path / "ds", dataclasses.replace(cfg, bf16="on", force=True), log=lambda s: None)
+    assert feature_identity(tmp_path / "ds", "txt_title") != first  # bf16 autocast: other values

@@ -140,23 +140,25 @@ class _Encoders:
     def text_key(self) -> list[str]:
         """Identity of the text encoder, known without loading it (goes into the source hash)."""
         if self.use_clip_text:
-            return ["clip", self.cfg.clip_model, self.cfg.clip_pretrained, _weights_files_sha(self.cfg.clip_model, self.cfg.clip_pretrained)]
+            return ["clip", _weights_key(self.cfg.clip_model, self.cfg.clip_pretrained)]
         path = self.cfg.text_model or default_text_model_path()
-        return ["st", path, _weights_files_sha(f"local-dir:{path}", "")]
+        return ["st", _weights_key(f"local-dir:{path}", "")]
 
     def text(self):
         return self.clip() if self.use_clip_text else self.st()
 
 
-def _weights_files_sha(model: str, pretrained: str) -> str:
+def _weights_key(model: str, pretrained: str) -> str:
+    """The encoder's weights by content: a local directory's weight files or a checkpoint file by their bytes,
+    never by path or modification time, which change with every install of the same weights (a feature
+    embedded again after a reinstall is the same feature); hub weights by their model name and tag."""
     if model.startswith("local-dir:"):
         d = Path(model[len("local-dir:") :])
         files = sorted(p for ext in ("*.safetensors", "*.bin", "*.pth", "*.pt") for p in d.glob(ext))
-        return _sha([f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files])
+        return _sha("local-dir", [(f.name, file_sha(f)) for f in files])
     if pretrained and Path(pretrained).exists():
-        st = Path(pretrained).stat()
-        return _sha(pretrained, st.st_size, st.st_mtime_ns)
-    return pretrained
+        return _sha(model, "file", file_sha(pretrained))
+    return _sha(model, pretrained)
 
 
 MIN_ROWS_TO_TIME_BF16 = 2048  # below this, timing both precisions costs more than it can save: fp32
@@ -326,7 +328,7 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
 
 
 def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log, world: World = SINGLE) -> None:
-    h = _sha("clip-img", cfg.clip_model, cfg.clip_pretrained, _weights_files_sha(cfg.clip_model, cfg.clip_pretrained), shas)
+    h = _sha("clip-img", _weights_key(cfg.clip_model, cfg.clip_pretrained), shas)
     if up_to_date("img", h):
         res.up_to_date.append("img")
         return

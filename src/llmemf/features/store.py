@@ -3,7 +3,7 @@
     <name>.npy        float16 or float32, shape (n_items, dim), row i = global item id i
     <name>.mask.npy   bool (n_items,), True where the item has the feature (other rows are zero)
     <name>.json       manifest: encoder, weights id, dim, n_items, dtype, source hash, dataset hash,
-                      inputs hash, counts, notes
+                      inputs hash, values hash, counts, notes
 
 Conventional names: ``img`` (image embeddings), ``txt_title`` (text = title), ``txt_llm`` (text =
 title + LLM-written text). Models look features up by name; any width works.
@@ -51,6 +51,7 @@ class FeatureManifest:
     dataset_hash: str = ""  # content_hash of the dataset it was computed for ("" = written before this was recorded)
     inputs: list[str] = field(default_factory=list)  # the item columns it was computed from, e.g. ["title", "llm_text"]
     inputs_hash: str = ""  # inputs_hash(items, inputs) at computation time
+    values_hash: str = ""  # sha256 of the matrix and mask as written ("" = written before this was recorded)
 
 
 @dataclass
@@ -90,8 +91,10 @@ def save_feature(dataset_root: str | Path, feature: Feature) -> Path:
     m.n_present = int(mask.sum())
     root = feature_dir(dataset_root)
     (root / f"{m.name}.json").unlink(missing_ok=True)  # incomplete until the manifest is back
-    atomic_write_bytes(root / f"{m.name}.npy", _npy_bytes(values))
-    atomic_write_bytes(root / f"{m.name}.mask.npy", _npy_bytes(mask))
+    values_bytes, mask_bytes = _npy_bytes(values), _npy_bytes(mask)
+    m.values_hash = hashlib.sha256(values_bytes + mask_bytes).hexdigest()[:16]
+    atomic_write_bytes(root / f"{m.name}.npy", values_bytes)
+    atomic_write_bytes(root / f"{m.name}.mask.npy", mask_bytes)
     atomic_write_bytes(root / f"{m.name}.json", (json.dumps(asdict(m), indent=2) + "\n").encode())
     return root / f"{m.name}.npy"
 
@@ -108,12 +111,14 @@ def read_feature_manifest(dataset_root: str | Path, name: str) -> FeatureManifes
 
 def feature_identity(dataset_root: str | Path, name: str) -> str:
     """What a model trained on feature ``name`` of the dataset read, in 16 hex digits: the encoder, its weights,
-    the inputs and the shape and dtype of the matrix (its manifest's fields; the notes excepted). A run records it;
-    the same run on a feature re-embedded since is another experiment."""
+    the inputs, the shape and dtype of the matrix and its values (its manifest's fields). A run records it; the
+    same run on a feature whose values changed since is another experiment. Left out: the notes and counts, the
+    encoder's display name (it may hold the path of a local checkpoint) and the source hash, embed's key for
+    recomputing: the same weights installed elsewhere compute the same values, which the values hash stands for."""
     m = read_feature_manifest(dataset_root, name)
     if m is None:
         raise FeatureError(f"{feature_dir(dataset_root)}/{name}.json: no such feature; compute it with `llmemf embed {dataset_root}`")
-    fields = {k: v for k, v in asdict(m).items() if k not in ("notes", "n_present")}
+    fields = {k: v for k, v in asdict(m).items() if k not in ("notes", "n_present", "encoder", "source_hash")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
