@@ -251,7 +251,7 @@ def test_a_run_resumes_to_train_longer_never_shorter(tiny_dataset, tiny_bundle, 
 def test_a_run_on_features_re_embedded_since_is_neither_reused_nor_restored(tiny_dataset, tmp_path):
     """The dataset's content hash does not change when a feature is embedded again (another encoder): the
     run records each feature's identity, and a finished run on the old features is refused, naming them."""
-    from llmemf.training.rundir import SMALL_FILES, restore_finished_run
+    from llmemf.training.rundir import SMALL_FILES, load_run_config, restore_finished_run
 
     root = tmp_path / "ds"
     shutil.copytree(tiny_dataset.root, root)
@@ -278,4 +278,7 @@ def test_a_run_on_features_re_embedded_since_is_neither_reused_nor_restored(tiny
     elsewhere = dataclasses.replace(cfg, out=str(tmp_path / "new"))
     assert not restore_finished_run(kept, tmp_path / "new", elsewhere, bundle.dataset.manifest.content_hash)
     manifest.write_text(before)
+    elsewhere = dataclasses.replace(elsewhere, train=dataclasses.replace(cfg.train, threads=cfg.train.threads + 3))
     assert restore_finished_run(kept, tmp_path / "new", elsewhere, bundle.dataset.manifest.content_hash)
+    restored = load_run_config(tmp_path / "new" / "config.yaml")  # how the run was trained, as recorded, moved here
+    assert restored.train.threads == cfg.train.threads and restored.out == str(tmp_path / "new")

@@ -228,7 +228,8 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
     for name in set(SMALL_FILES) - {"config.yaml", "results.json"}:  # those two are written below
         if (kept / name).is_file():
             atomic_write_bytes(run_dir / name, (kept / name).read_bytes())
-    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(cfg)).encode())
+    # the stored config, moved here: how the run was trained (threads, progress bar) stays as recorded
+    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(_relocated(load_run_config(kept / "config.yaml"), cfg))).encode())
     atomic_write_json(run_dir / "run.json", {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features})
     atomic_write_bytes(run_dir / "results.json", (kept / "results.json").read_bytes())  # last: it marks the run finished
     return True
