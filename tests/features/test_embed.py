@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from PIL import Image
 
 from llmemf.features.embed import EmbedConfig, embed
 from llmemf.features.encoders import ClipEncoder, ClipSpec, _import_open_clip, clip_preprocess
-from llmemf.features.store import load_feature
+from llmemf.features.store import feature_identity, load_feature
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -126,11 +128,6 @@ def test_the_same_weights_installed_again_elsewhere_give_the_same_feature_and_an
     """A feature's identity (what a run records) follows the weights' bytes and the values computed, never
     where or when the weights were installed: a reinstall (new directory, new file times) recomputes
     nothing and leaves the identity as it was, while values computed in another precision are another feature."""
-    import os
-    import shutil
-
-    from llmemf.features.store import feature_identity
-
     d, _ = tiny_clip_dir
     make_image_dataset(tmp_path / "ds", n_x=6, n_y=6)
     cfg = EmbedConfig(clip_model=f"local-dir:{d}", progress=False, features=["txt_title"], bf16="off")

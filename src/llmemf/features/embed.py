@@ -36,6 +36,7 @@ from llmemf.features.encoders import (
     file_sha,
     load_images,
     train_lit,
+    weights_id,
 )
 from llmemf.features.images import resolve_images
 from llmemf.features.store import (
@@ -116,6 +117,7 @@ class _Encoders:
     def __init__(self, cfg: EmbedConfig, log):
         self.cfg, self.log = cfg, log
         self._clip = self._st = None
+        self._weights_keys: dict[tuple[str, str], str] = {}
 
     @property
     def use_clip_text(self) -> bool:
@@ -140,25 +142,20 @@ class _Encoders:
     def text_key(self) -> list[str]:
         """Identity of the text encoder, known without loading it (goes into the source hash)."""
         if self.use_clip_text:
-            return ["clip", _weights_key(self.cfg.clip_model, self.cfg.clip_pretrained)]
+            return ["clip", self.weights_key(self.cfg.clip_model, self.cfg.clip_pretrained)]
         path = self.cfg.text_model or default_text_model_path()
-        return ["st", _weights_key(f"local-dir:{path}", "")]
+        return ["st", self.weights_key(f"local-dir:{path}", "")]
+
+    def weights_key(self, model: str, pretrained: str) -> str:
+        """The encoder's weights for the source hash: by content (``weights_id``), so that a reinstall of the same
+        weights recomputes nothing; hub weights by model name and tag. Hashed once per embed call."""
+        if (model, pretrained) not in self._weights_keys:
+            wid = weights_id(model, pretrained)
+            self._weights_keys[model, pretrained] = wid if wid.startswith("sha256:") else _sha(model, wid)
+        return self._weights_keys[model, pretrained]
 
     def text(self):
         return self.clip() if self.use_clip_text else self.st()
-
-
-def _weights_key(model: str, pretrained: str) -> str:
-    """The encoder's weights by content: a local directory's weight files or a checkpoint file by their bytes,
-    never by path or modification time, which change with every install of the same weights (a feature
-    embedded again after a reinstall is the same feature); hub weights by their model name and tag."""
-    if model.startswith("local-dir:"):
-        d = Path(model[len("local-dir:") :])
-        files = sorted(p for ext in ("*.safetensors", "*.bin", "*.pth", "*.pt") for p in d.glob(ext))
-        return _sha("local-dir", [(f.name, file_sha(f)) for f in files])
-    if pretrained and Path(pretrained).exists():
-        return _sha(model, "file", file_sha(pretrained))
-    return _sha(model, pretrained)
 
 
 MIN_ROWS_TO_TIME_BF16 = 2048  # below this, timing both precisions costs more than it can save: fp32
@@ -328,7 +325,7 @@ def embed(dataset_root: str | Path, cfg: EmbedConfig | None = None, log: Callabl
 
 
 def _embed_images_clip(root, cfg, encs, paths, shas, n_no_image, up_to_date, write, res, log, world: World = SINGLE) -> None:
-    h = _sha("clip-img", _weights_key(cfg.clip_model, cfg.clip_pretrained), shas)
+    h = _sha("clip-img", encs.weights_key(cfg.clip_model, cfg.clip_pretrained), shas)
     if up_to_date("img", h):
         res.up_to_date.append("img")
         return

@@ -160,6 +160,19 @@ class ClipSpec:
     pretrained: str = ""  # a tag ("laion2b_s34b_b79k") or a checkpoint file path; ignored for local-dir:
 
 
+def weights_id(model: str, pretrained: str) -> str:
+    """An open_clip model's weights: a local directory's weight files or a checkpoint file by the sha256 of
+    their bytes (never path or file times, which change with every install of the same weights), else the
+    hub tag (or "random-init")."""
+    if model.startswith("local-dir:"):
+        d = Path(model[len("local-dir:") :])
+        files = sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin")) + list(d.glob("*.pth")) + list(d.glob("*.pt")))
+        return "sha256:" + hashlib.sha256("".join(file_sha(f) for f in files).encode()).hexdigest()[:16]
+    if pretrained and Path(pretrained).exists():
+        return "sha256:" + file_sha(pretrained)
+    return pretrained or "random-init"
+
+
 class ClipEncoder:
     """Frozen open_clip model: image and text towers, L2-normalised outputs."""
 
@@ -184,16 +197,7 @@ class ClipEncoder:
         )
         self.context_length = int(getattr(self.tokenizer, "context_length", 77))
         self.name = f"open_clip:{spec.model}" + (f"/{spec.pretrained}" if spec.pretrained and not Path(spec.pretrained).exists() else "")
-        self.weights = self._weights_id()
-
-    def _weights_id(self) -> str:
-        if self.spec.model.startswith("local-dir:"):
-            d = Path(self.spec.model[len("local-dir:") :])
-            files = sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin")) + list(d.glob("*.pth")) + list(d.glob("*.pt")))
-            return "sha256:" + hashlib.sha256("".join(file_sha(f) for f in files).encode()).hexdigest()[:16]
-        if self.spec.pretrained and Path(self.spec.pretrained).exists():
-            return "sha256:" + file_sha(self.spec.pretrained)
-        return self.spec.pretrained or "random-init"
+        self.weights = weights_id(spec.model, spec.pretrained)
 
     @torch.inference_mode()
     def encode_images(self, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:

@@ -92,7 +92,9 @@ def save_feature(dataset_root: str | Path, feature: Feature) -> Path:
     root = feature_dir(dataset_root)
     (root / f"{m.name}.json").unlink(missing_ok=True)  # incomplete until the manifest is back
     values_bytes, mask_bytes = _npy_bytes(values), _npy_bytes(mask)
-    m.values_hash = hashlib.sha256(values_bytes + mask_bytes).hexdigest()[:16]
+    h = hashlib.sha256(values_bytes)
+    h.update(mask_bytes)
+    m.values_hash = h.hexdigest()[:16]
     atomic_write_bytes(root / f"{m.name}.npy", values_bytes)
     atomic_write_bytes(root / f"{m.name}.mask.npy", mask_bytes)
     atomic_write_bytes(root / f"{m.name}.json", (json.dumps(asdict(m), indent=2) + "\n").encode())

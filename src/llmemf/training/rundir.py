@@ -201,16 +201,24 @@ def matches_stored_experiment(run_dir: Path, cfg: RunConfig, longer: bool = Fals
 
 def restorable(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
     """Whether ``restore_finished_run(kept, run_dir, cfg, dataset_hash)`` would restore (it changes nothing)."""
+    return _restorable_config(kept, run_dir, cfg, dataset_hash) is not None
+
+
+def _restorable_config(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> RunConfig | None:
+    """``kept``'s stored config moved to ``cfg``'s directories when ``kept`` can be restored into ``run_dir``
+    (see restore_finished_run), else None."""
     if (run_dir / "results.json").exists() or not (kept / "results.json").is_file() or not (kept / "config.yaml").is_file():
-        return False
+        return None
     try:
         recorded = json.loads((kept / "results.json").read_text()).get("dataset_content_hash", "")
         stored = _relocated(load_run_config(kept / "config.yaml"), cfg)
     except (ValueError, AttributeError):
-        return False
+        return None
     if not recorded or recorded != dataset_hash or not same_experiment(stored, cfg):
-        return False
-    return recorded_features(kept) in (None, features_of(cfg))  # else the features were re-embedded since: train it again
+        return None
+    if recorded_features(kept) not in (None, features_of(cfg)):  # the features were re-embedded since: train it again
+        return None
+    return stored
 
 
 def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash: str) -> bool:
@@ -221,7 +229,8 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
     were lost, reuses the runs whose results the repository holds instead of training them again.
     Returns False, changing nothing, when ``run_dir`` already has results or ``kept`` does not qualify."""
     kept, run_dir = Path(kept), Path(run_dir)
-    if not restorable(kept, run_dir, cfg, dataset_hash):
+    stored = _restorable_config(kept, run_dir, cfg, dataset_hash)
+    if stored is None:
         return False
     features = features_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +238,7 @@ def restore_finished_run(kept: Path, run_dir: Path, cfg: RunConfig, dataset_hash
         if (kept / name).is_file():
             atomic_write_bytes(run_dir / name, (kept / name).read_bytes())
     # the stored config, moved here: how the run was trained (threads, progress bar) stays as recorded
-    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(_relocated(load_run_config(kept / "config.yaml"), cfg))).encode())
+    atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(resolved(stored)).encode())
     atomic_write_json(run_dir / "run.json", {"dataset": str(cfg.dataset), "dataset_content_hash": dataset_hash, "features": features})
     atomic_write_bytes(run_dir / "results.json", (kept / "results.json").read_bytes())  # last: it marks the run finished
     return True
